@@ -1,0 +1,319 @@
+"""Typed, validated parameters: one definition, checked when ``params.yaml`` is loaded.
+
+Every section of ``params.yaml`` is a frozen dataclass below. Each field carries its
+constraint in ``field(metadata=...)`` so that an unknown key, a wrong type or an
+out-of-range value stops the run with one line naming the key, the value and what
+is allowed, before anything is written.
+
+Per-dataset overrides (``overrides.<dataset>`` for pretraining, and
+``linear_eval_overrides.<dataset>`` for the linear probe) are deep-merged over the
+shared sections; the paper's datasets have none, the bundled ``digits`` shrinks the
+network and the epochs so that the CPU profile fits in minutes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from mnclglf.errors import UserError
+
+DATASETS = ("digits", "cifar10", "cifar100", "tinyimagenet")
+SSL_METHODS = ("mnclglf", "mocov2", "simsiam", "simclr", "byol", "nnclr", "fastmoco")
+VARIANTS = ("paper", "released")
+
+
+def _check(*, gt: float | None = None, ge: float | None = None, le: float | None = None,
+           lt: float | None = None, choices: tuple | None = None, doc: str = "") -> dict[str, Any]:
+    return {"gt": gt, "ge": ge, "le": le, "lt": lt, "choices": choices, "doc": doc}
+
+
+def num(default: Any, doc: str = "", **bounds: float) -> Any:
+    """A numeric field with bounds (gt/ge/le/lt)."""
+    return field(default=default, metadata=_check(doc=doc, **bounds))
+
+
+def pick(default: Any, choices: tuple, doc: str = "") -> Any:
+    """A field restricted to ``choices``."""
+    return field(default=default, metadata=_check(choices=choices, doc=doc))
+
+
+def pair(default: tuple[float, float], doc: str = "", **bounds: float) -> Any:
+    """A (low, high) range; both ends obey ``bounds`` and low <= high."""
+    return field(default=default, metadata=_check(doc=doc, **bounds) | {"range": True})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    stem: Literal["cifar", "imagenet"] = pick("cifar", ("cifar", "imagenet"),
+                                              "cifar: 3×3 conv stride 1, no max-pool; imagenet: 7×7 stride 2 + max-pool")
+    width: float = num(1.0, "channel multiplier of ResNet-18 (1.0 = 64..512 channels)", gt=0, le=4)
+    zero_init_residual: bool = False
+    proj_hidden: int = num(2048, "projector hidden width", ge=1)
+    proj_out: int = num(2048, "projector output width", ge=1)
+    pred_hidden: int = num(512, "predictor bottleneck width", ge=1)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The paper's augmentation family; every probability and range is a parameter."""
+
+    size: int = num(0, "output side of the random resized crop; 0 = the dataset's own size", ge=0)
+    crop_scale: tuple[float, float] = pair((0.2, 1.0), gt=0, le=1)
+    crop_ratio: tuple[float, float] = pair((3 / 4, 4 / 3), gt=0)
+    flip_p: float = num(0.5, ge=0, le=1)
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
+    jitter_p: float = num(0.8, ge=0, le=1)
+    gray_p: float = num(0.2, ge=0, le=1)
+    blur_p: float = num(0.5, ge=0, le=1)
+    blur_sigma: tuple[float, float] = pair((0.1, 2.0), gt=0)
+    blur_kernel_frac: float = num(0.1, "Gaussian kernel side as a fraction of the image side (SimCLR: 10%)", gt=0, le=1)
+    normalize: Literal["none", "dataset", "imagenet"] = pick(
+        "dataset", ("none", "dataset", "imagenet"), "per-channel mean/std: of the training split, ImageNet's, or none")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    epochs: int = num(200, ge=0)
+    batch_size: int = num(256, ge=2)
+    lr: float = num(0.1, gt=0)
+    final_lr: float = num(0.0, ge=0)
+    momentum: float = num(0.9, ge=0, lt=1)
+    weight_decay: float = num(1e-4, ge=0)
+    checkpoint_every: int = num(10, "epochs between checkpoints (and one at the end)", ge=1)
+    keep_epochs: tuple[int, ...] = ()
+    device: str = pick("auto", ("auto", "cpu", "cuda"))
+    threads: int = num(0, "CPU threads for torch; 0 = torch's default", ge=0)
+
+
+@dataclass(frozen=True)
+class MnclglfConfig:
+    variant: Literal["paper", "released"] = pick("paper", VARIANTS)
+    tau: float = num(1.0, "temperature τ of L(h, p)", gt=0)
+    lam: float = num(6.0, "λ of loss_total = loss_s + λ·loss_m", gt=0)
+    k: int = num(2, "patches per combined embedding; C(4, k) combinations", ge=1, le=4)
+    grid: int = num(2, "the view is divided into grid×grid patches", ge=1)
+    ema: float = num(0.99, "momentum coefficient m", ge=0, lt=1)
+    queue_size: int = num(16384, "entries of the nearest-neighbour queue Q", ge=1)
+    enqueue: Literal["neighbour", "projection"] = pick(
+        "neighbour", ("neighbour", "projection"),
+        "what update_queue(Q, z1) stores: the looked-up neighbour (Algorithm 1 as written) or z1 before the look-up")
+    sg_bn_stats: Literal["frozen", "update"] = pick(
+        "frozen", ("frozen", "update"),
+        "whether the stop-gradient pass over patches may update f_o's BatchNorm running statistics")
+    sg_bn_batch: Literal["batch", "running"] = pick(
+        "batch", ("batch", "running"),
+        "BatchNorm in the stop-gradient pass normalises with batch statistics (train mode) or running ones")
+    combined_positive: Literal["all", "one"] = pick(
+        "all", ("all", "one"), "all C(4,k) combined embeddings, or one chosen at random per step (Table 5)")
+
+
+@dataclass(frozen=True)
+class LinearEvalConfig:
+    epochs: int = num(90, ge=1)
+    batch_size: int = num(256, ge=1)
+    lr: float = num(0.8, gt=0)
+    momentum: float = num(0.9, ge=0, lt=1)
+    weight_decay: float = num(0.0, ge=0)
+    trust_coefficient: float = num(0.001, "LARS η", gt=0)
+    crop_scale: tuple[float, float] = pair((0.08, 1.0), gt=0, le=1)
+    flip_p: float = num(0.5, ge=0, le=1)
+    device: str = pick("auto", ("auto", "cpu", "cuda"))
+
+
+@dataclass(frozen=True)
+class DigitsConfig:
+    size: int = num(16, "side the 8×8 digits are upsampled to", ge=8)
+    test_fraction: float = num(0.2, gt=0, lt=1)
+    split_seed: int = num(0, ge=0)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one (dataset, method) pretraining run reads, after overrides."""
+
+    dataset: str
+    method: str
+    seed: int
+    data_root: str
+    model: ModelConfig
+    augment: AugmentConfig
+    pretrain: PretrainConfig
+    mnclglf: MnclglfConfig
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "augment": AugmentConfig,
+    "pretrain": PretrainConfig,
+    "mnclglf": MnclglfConfig,
+}
+TOP_LEVEL = {"seed", "data_root", "datasets", "methods", "eval_methods", "profiles", "digits", "linear_eval",
+             "overrides", "linear_eval_overrides", *SECTIONS}
+
+
+def _describe(meta: dict[str, Any]) -> str:
+    if meta.get("choices"):
+        return "one of " + ", ".join(map(str, meta["choices"]))
+    parts = []
+    for key, sym in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+        if meta.get(key) is not None:
+            parts.append(f"{sym} {meta[key]}")
+    return "a number " + " and ".join(parts) if parts else "a valid value"
+
+
+def _bounded(value: float, meta: dict[str, Any]) -> bool:
+    return not (
+        (meta.get("gt") is not None and not value > meta["gt"])
+        or (meta.get("ge") is not None and not value >= meta["ge"])
+        or (meta.get("lt") is not None and not value < meta["lt"])
+        or (meta.get("le") is not None and not value <= meta["le"])
+    )
+
+
+def _coerce(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
+    """Check ``value`` against the annotated type and metadata; return it in canonical form."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise UserError(f"{key} = {value!r}: expected one of {', '.join(map(str, typing.get_args(tp)))}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{key} = {value!r}: expected true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{key} = {value!r}: expected an integer, {_describe(meta)}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise UserError(f"{key} = {value!r}: expected a finite number, {_describe(meta)}")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise UserError(f"{key} = {value!r}: expected a string")
+    elif origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{key} = {value!r}: expected a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(f"{key}[{i}]", v, args[0], {}) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise UserError(f"{key} = {value!r}: expected a list of {len(args)} numbers")
+        out = tuple(_coerce(f"{key}[{i}]", v, a, {}) for i, (v, a) in enumerate(zip(value, args)))
+        for i, v in enumerate(out):
+            if not _bounded(v, meta):
+                raise UserError(f"{key}[{i}] = {v!r}: expected {_describe(meta)}")
+        if meta.get("range") and out[0] > out[1]:
+            raise UserError(f"{key} = {list(value)}: expected low <= high")
+        return out
+    if meta.get("choices") and value not in meta["choices"]:
+        raise UserError(f"{key} = {value!r}: expected {_describe(meta)}")
+    if isinstance(value, (int, float)) and not _bounded(value, meta):
+        raise UserError(f"{key} = {value!r}: expected {_describe(meta)}")
+    return value
+
+
+def build(cls: type, data: dict[str, Any] | None, prefix: str) -> Any:
+    """Build dataclass ``cls`` from ``data``; unknown keys and bad values raise :class:`UserError`."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise UserError(f"{prefix} = {data!r}: expected a mapping")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise UserError(f"{prefix}.{unknown[0]}: unknown key; allowed: {', '.join(fields)}")
+    kwargs = {name: _coerce(f"{prefix}.{name}", data[name], hints[name], dict(fields[name].metadata))
+              for name in fields if name in data}
+    return cls(**kwargs)
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_params(path: Path | str = "params.yaml") -> dict[str, Any]:
+    """Parse ``params.yaml`` and check its top level; the sections are checked by :func:`run_config`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: parameter file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping at the top level")
+    unknown = sorted(set(raw) - TOP_LEVEL)
+    if unknown:
+        raise UserError(f"{unknown[0]}: unknown key in {path}; allowed: {', '.join(sorted(TOP_LEVEL))}")
+    for key, allowed in (("datasets", DATASETS), ("methods", SSL_METHODS)):
+        values = raw.get(key, [])
+        if not isinstance(values, list):
+            raise UserError(f"{key} = {values!r}: expected a list")
+        for v in values:
+            if v not in allowed:
+                raise UserError(f"{key}: unknown value {v!r}; allowed: {', '.join(allowed)}")
+    return raw
+
+
+def _overrides(raw: dict[str, Any], table: str, dataset: str) -> dict[str, Any]:
+    if dataset not in DATASETS:
+        raise UserError(f"dataset = {dataset!r}: expected one of {', '.join(DATASETS)}")
+    over = (raw.get(table) or {}).get(dataset) or {}
+    if not isinstance(over, dict):
+        raise UserError(f"{table}.{dataset} = {over!r}: expected a mapping")
+    return over
+
+
+def run_config(raw: dict[str, Any], dataset: str, method: str) -> RunConfig:
+    """The validated configuration of one pretraining run of ``method`` on ``dataset``."""
+    if method not in (*SSL_METHODS, "supervised", "random-init"):
+        raise UserError(f"method = {method!r}: expected one of {', '.join((*SSL_METHODS, 'supervised', 'random-init'))}")
+    over = _overrides(raw, "overrides", dataset)
+    unknown = sorted(set(over) - set(SECTIONS))
+    if unknown:
+        raise UserError(f"overrides.{dataset}.{unknown[0]}: unknown section; allowed: {', '.join(SECTIONS)}")
+    sections = {name: build(cls, deep_merge(raw.get(name) or {}, over.get(name) or {}), name)
+                for name, cls in SECTIONS.items()}
+    seed = _coerce("seed", raw.get("seed", 0), int, {"ge": 0})
+    data_root = _coerce("data_root", raw.get("data_root", "data"), str, {})
+    cfg = RunConfig(dataset=dataset, method=method, seed=seed, data_root=data_root, **sections)
+    if method in ("mnclglf", "nnclr", "mocov2") and cfg.mnclglf.queue_size < cfg.pretrain.batch_size:
+        raise UserError(f"mnclglf.queue_size = {cfg.mnclglf.queue_size}: must be >= pretrain.batch_size "
+                        f"({cfg.pretrain.batch_size})")
+    return cfg
+
+
+def linear_eval_config(raw: dict[str, Any], dataset: str) -> LinearEvalConfig:
+    over = _overrides(raw, "linear_eval_overrides", dataset)
+    return build(LinearEvalConfig, deep_merge(raw.get("linear_eval") or {}, over), "linear_eval")
+
+
+def digits_config(raw: dict[str, Any]) -> DigitsConfig:
+    return build(DigitsConfig, raw.get("digits"), "digits")
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass tree as plain YAML/JSON-able data (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (tuple, list)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    return {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(cls)}
+
+

@@ -1,0 +1,140 @@
+"""Pure tensor functions: the losses, divide, combine and the nearest-neighbour look-up.
+
+Nothing here knows a network or a training loop; reviewers' notebooks and external
+checks call these by name, so their names and contracts are fixed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def infonce(h: torch.Tensor, p: torch.Tensor, tau: float) -> torch.Tensor:
+    """Algorithm 1's ``L(h, p)``.
+
+    ``h`` is (s·N, D), ``p`` is (N, D); both are L2-normalised here. For each of the
+    ``s`` consecutive chunks of N rows of ``h``, the cross-entropy of
+    ``chunk @ p.T / tau`` against labels 0..N-1; the mean over the chunks.
+    """
+    n = p.shape[0]
+    if h.shape[0] % n:
+        raise ValueError(f"h has {h.shape[0]} rows, not a multiple of p's {n}")
+    h = F.normalize(h, dim=1)
+    p = F.normalize(p, dim=1)
+    s = h.shape[0] // n
+    logits = (h.view(s, n, -1) @ p.T) / tau
+    labels = torch.arange(n, device=p.device).repeat(s)
+    return F.cross_entropy(logits.reshape(s * n, n), labels)
+
+
+def divide(x: torch.Tensor, grid: int = 2) -> torch.Tensor:
+    """(N, C, H, W) → (grid²·N, C, H/grid, W/grid), patch-major, patches in row-major order.
+
+    Rows ``[i·N:(i+1)·N]`` hold patch ``i`` of every image (top-left, top-right,
+    bottom-left, bottom-right for grid 2).
+    """
+    n, c, h, w = x.shape
+    if h % grid or w % grid:
+        raise ValueError(f"image size {h}×{w} is not divisible by grid {grid}")
+    ph, pw = h // grid, w // grid
+    patches = x.reshape(n, c, grid, ph, grid, pw).permute(2, 4, 0, 1, 3, 5)
+    return patches.reshape(grid * grid * n, c, ph, pw)
+
+
+def combinations(parts: int, k: int) -> list[tuple[int, ...]]:
+    """The k-subsets of ``range(parts)`` in ``itertools.combinations`` order."""
+    if not 1 <= k <= parts:
+        raise ValueError(f"k must be in 1..{parts}, got {k}")
+    return list(itertools.combinations(range(parts), k))
+
+
+def combine(v: torch.Tensor, k: int, parts: int = 4) -> torch.Tensor:
+    """(parts·N, D) patch-major → (C(parts, k)·N, D), combination-major.
+
+    Block ``j`` is the mean of the k patch blocks of the j-th
+    ``itertools.combinations(range(parts), k)``.
+    """
+    combos = combinations(parts, k)
+    if v.shape[0] % parts:
+        raise ValueError(f"v has {v.shape[0]} rows, not a multiple of parts={parts}")
+    blocks = v.view(parts, v.shape[0] // parts, *v.shape[1:])
+    # One gather + mean instead of a Python loop over C(parts, k) combinations.
+    index = torch.tensor(combos, device=v.device)
+    return blocks[index].mean(dim=1).reshape(len(combos) * blocks.shape[1], *v.shape[1:])
+
+
+def n_combinations(parts: int, k: int) -> int:
+    return math.comb(parts, k)
+
+
+def nearest_neighbour(queue: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """For each row of ``z``, the row of ``queue`` with the highest cosine similarity, as stored."""
+    sim = F.normalize(z, dim=1) @ F.normalize(queue, dim=1).T
+    return queue[sim.argmax(dim=1)]
+
+
+def ntxent(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
+    """SimCLR's NT-Xent over the 2N normalised rows of [a; b].
+
+    Each row's positive is its partner in the other half; the other 2N−2 rows are
+    negatives (self-similarity removed). Mean over all 2N rows, i.e. both directions.
+    """
+    n = a.shape[0]
+    z = F.normalize(torch.cat([a, b]), dim=1)
+    sim = (z @ z.T) / tau
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(sim, targets)
+
+
+def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """SimSiam's D(p, z) = −cos(p, stopgrad(z)), batch mean."""
+    return -F.cosine_similarity(p, z.detach(), dim=1).mean()
+
+
+def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """BYOL's normalised MSE, 2 − 2·cos(p, stopgrad(z)), batch mean."""
+    return (2 - 2 * F.cosine_similarity(p, z.detach(), dim=1)).mean()
+
+
+def moco_infonce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, tau: float) -> torch.Tensor:
+    """MoCo's InfoNCE: positive logit q·k, negatives q·queue, cross-entropy with label 0.
+
+    All rows are L2-normalised here; ``k`` and ``queue`` carry no gradient.
+    """
+    q = F.normalize(q, dim=1)
+    k = F.normalize(k.detach(), dim=1)
+    queue = F.normalize(queue.detach(), dim=1)
+    logits = torch.cat([(q * k).sum(dim=1, keepdim=True), q @ queue.T], dim=1) / tau
+    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+
+
+def ema_(target: list[torch.Tensor], online: list[torch.Tensor], m: float) -> None:
+    """In place, θ_target ← m·θ_target + (1 − m)·θ_online (Eqs. 2–3), one fused call."""
+    torch._foreach_lerp_(target, online, 1.0 - m)
+
+
+def embedding_std(z: torch.Tensor) -> torch.Tensor:
+    """SimSiam's collapse monitor: the mean per-dimension std of L2-normalised rows.
+
+    About 1/sqrt(D) for well-spread embeddings, 0 for a collapsed output.
+    """
+    return F.normalize(z.float(), dim=1).std(dim=0).mean()
+
+
+def mnclglf_loss(c1: torch.Tensor, c3: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, p3: torch.Tensor,
+                 z1: torch.Tensor, z2: torch.Tensor, tau: float, lam: float
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Algorithm 1's loss: ``(loss_total, loss_s, loss_m)``.
+
+    loss_s = (L(c1, p3) + L(c3, p1)) / 2 pairs the combined patch embeddings of one
+    view with the prediction of another; loss_m = (L(z1, p2) + L(z2, p1)) / 2 pairs the
+    momentum network's nearest neighbours with the predictions; total = loss_s + λ·loss_m.
+    """
+    loss_s = (infonce(c1, p3, tau) + infonce(c3, p1, tau)) / 2
+    loss_m = (infonce(z1, p2, tau) + infonce(z2, p1, tau)) / 2
+    return loss_s + lam * loss_m, loss_s, loss_m

@@ -1,0 +1,34 @@
+"""Where each stage reads and writes: the one layout ``dvc.yaml`` and the CLI share.
+
+runs/<dataset>/<method>/pretrain/   encoder.pt, encoder_e<N>.pt, live/ (DVCLive curves)
+runs/<dataset>/<method>/ckpt/       checkpoint.pt (DVC ``persist``: survives a rerun)
+runs/<dataset>/<method>/linear/     live/ of the linear probe
+metrics/<dataset>/<method>/         pretrain.json, linear.json (DVC metrics)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RUNS = Path("runs")
+METRICS = Path("metrics")
+
+
+def pretrain_dir(dataset: str, method: str) -> Path:
+    return RUNS / dataset / method / "pretrain"
+
+
+def ckpt_dir(dataset: str, method: str) -> Path:
+    return RUNS / dataset / method / "ckpt"
+
+
+def linear_dir(dataset: str, method: str) -> Path:
+    return RUNS / dataset / method / "linear"
+
+
+def metrics_dir(dataset: str, method: str) -> Path:
+    return METRICS / dataset / method
+
+
+def encoder_path(dataset: str, method: str) -> Path:
+    return pretrain_dir(dataset, method) / "encoder.pt"

@@ -1,0 +1,1 @@
+"""Reports built from result files only: tables, verdicts, plots (no training imports)."""

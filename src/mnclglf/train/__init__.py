@@ -1,0 +1,1 @@
+"""Training loops: self-supervised pretraining, the linear probe, and their helpers."""

@@ -1,0 +1,116 @@
+"""Linear evaluation: a frozen encoder in eval mode and a trained linear classifier.
+
+The protocol of SimCLR, BYOL and SimSiam as the paper states it: LARS (momentum 0.9,
+weight decay 0), cosine lr 0.8 → 0, 90 epochs, batch 256, random-resized-crop + flip
+on the training split, top-1/top-5 on the test split.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mnclglf.config import LinearEvalConfig
+from mnclglf.data.augment import CropFlipAugment, EvalTransform, Normalizer
+from mnclglf.data.store import load_meta, load_split
+from mnclglf.errors import UserError
+from mnclglf.io import write_json
+from mnclglf.models import ResNet18
+from mnclglf.train.env import batches, make_generator, pick_device, seed_everything
+from mnclglf.train.lars import LARS
+from mnclglf.train.progress import bar
+from mnclglf.train.schedule import cosine_lr, set_lr
+
+
+def load_encoder(path: Path, device: torch.device) -> tuple[ResNet18, dict[str, Any]]:
+    if not path.is_file():
+        raise UserError(f"{path}: encoder file not found (run `mnclglf pretrain` first)")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    m = payload["model"]
+    encoder = ResNet18(m["stem"], m["width"], m["zero_init_residual"])
+    encoder.load_state_dict(payload["backbone"])
+    return encoder.to(device).eval().requires_grad_(False), payload
+
+
+@torch.no_grad()
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, torch.Tensor]:
+    """Number of rows whose label is among the top-k logits, for each k (capped at the class count)."""
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
+    hit = top == labels.view(-1, 1)
+    return {k: hit[:, :k].any(1).sum() for k in ks}
+
+
+@torch.no_grad()
+def evaluate(encoder: nn.Module, head: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+             transform: EvalTransform, batch_size: int) -> dict[str, float]:
+    hits = {1: 0, 5: 0}
+    for i in range(0, images.shape[0], batch_size):
+        logits = head(encoder(transform(images[i:i + batch_size])))
+        for k, v in topk_accuracy(logits, labels[i:i + batch_size]).items():
+            hits[k] += v
+    n = images.shape[0]
+    return {"top1": 100.0 * float(hits[1]) / n, "top5": 100.0 * float(hits[5]) / n}
+
+
+def linear_eval(encoder_path: Path, cfg: LinearEvalConfig, data_root: str, seed: int, out_dir: Path,
+                metrics_path: Path, progress: bool = True) -> dict[str, Any]:
+    device = pick_device(cfg.device)
+    seed_everything(seed)
+    encoder, payload = load_encoder(encoder_path, device)
+    dataset = payload["dataset"]
+    meta = load_meta(data_root, dataset)
+    num_classes = len(meta["classes"])
+    train_x, train_y = (t.to(device) for t in load_split(data_root, dataset, "train"))
+    test_x, test_y = (t.to(device) for t in load_split(data_root, dataset, "test"))
+    normalizer = Normalizer(tuple(payload["normalize"]["mean"]), tuple(payload["normalize"]["std"]), device)
+    size = int(payload["image_size"])
+    augment = CropFlipAugment(cfg.crop_scale, cfg.flip_p, normalizer, size)
+    transform = EvalTransform(normalizer, size)
+    head = nn.Linear(encoder.out_dim, num_classes).to(device)
+    nn.init.normal_(head.weight, 0.0, 0.01)
+    nn.init.zeros_(head.bias)
+    optimizer = LARS(head.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                     trust_coefficient=cfg.trust_coefficient)
+    gens = {"order": make_generator(torch.device("cpu"), seed), "augment": make_generator(device, seed + 1)}
+    n = train_x.shape[0]
+    bs = min(cfg.batch_size, n)
+    steps_per_epoch = len(batches(n, bs, torch.Generator().manual_seed(0), drop_last=False))
+    total = steps_per_epoch * cfg.epochs
+
+    from mnclglf.train.logger import EpochLogger
+
+    logger = EpochLogger(out_dir / "live", [])
+    start = time.perf_counter()
+    with bar(progress) as pbar:
+        task = pbar.add_task(f"linear-eval {payload['method']}@{dataset}", total=total, status="")
+        for epoch in range(1, cfg.epochs + 1):
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device)
+            for i, idx in enumerate(batches(n, bs, gens["order"], drop_last=False)):
+                set_lr(optimizer, cosine_lr((epoch - 1) * steps_per_epoch + i, total, cfg.lr))
+                idx = idx.to(device)
+                with torch.no_grad():
+                    feats = encoder(augment(train_x[idx], gens["augment"]))
+                logits = head(feats)
+                loss = F.cross_entropy(logits, train_y[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.detach() * idx.numel()
+                correct += (logits.argmax(1) == train_y[idx]).sum()
+                pbar.advance(task)
+            row = {"epoch": epoch, "train_loss": float(loss_sum) / n, "train_top1": 100.0 * float(correct) / n}
+            logger.log(row)
+            pbar.update(task, status=f"loss {row['train_loss']:.3f}")
+    logger.close()
+    result = evaluate(encoder, head, test_x, test_y, transform, 1024)
+    metrics = {"dataset": dataset, "method": payload["method"], "pretrain_epoch": payload["epoch"], **result,
+               "epochs": cfg.epochs, "train_top1_last": row["train_top1"] if cfg.epochs else None,
+               "wall_s": time.perf_counter() - start, "device": str(device)}
+    write_json(metrics_path, metrics)
+    return metrics

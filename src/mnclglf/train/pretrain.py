@@ -1,0 +1,197 @@
+"""Self-supervised pretraining: the loop every method of Table 3 runs under.
+
+The split lives on the training device as uint8; each step draws a batch of indices,
+makes the method's views with batched augmentation, calls ``method.step`` and the
+optimiser. Scalars are summed on the device and read once per epoch (no host sync
+per step). Checkpoints hold model, momentum network, queue, optimiser, step and
+every RNG state, so a run killed at any point resumes to the same final weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mnclglf import ops
+from mnclglf.config import RunConfig, to_dict
+from mnclglf.data.augment import CropFlipAugment, SSLAugment, make_normalizer
+from mnclglf.data.store import load_meta, load_split
+from mnclglf.errors import UserError
+from mnclglf.io import write_json
+from mnclglf.methods import Method, build_method
+from mnclglf.models import ResNet18
+from mnclglf.train import checkpoint as ckpt
+from mnclglf.train.env import batches, make_generator, pick_device, seed_everything
+from mnclglf.train.progress import bar
+from mnclglf.train.schedule import cosine_lr, set_lr
+
+ENCODER_FILE = "encoder.pt"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass
+class Setup:
+    """Everything a pretraining run builds before its first step (also used by the benchmark)."""
+
+    cfg: RunConfig
+    device: torch.device
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+    method: Method
+    optimizer: torch.optim.Optimizer
+    augment: Any
+    gens: dict[str, torch.Generator]
+    mean_std: tuple[tuple[float, ...], tuple[float, ...]]
+
+
+def build_optimizer(cfg: RunConfig, method: Method) -> torch.optim.Optimizer:
+    p = cfg.pretrain
+    return torch.optim.SGD(method.param_groups(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+
+
+def setup(cfg: RunConfig, images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Setup:
+    device = pick_device(cfg.pretrain.device)
+    if cfg.pretrain.threads:
+        torch.set_num_threads(cfg.pretrain.threads)
+    seed_everything(cfg.seed)
+    method = build_method(cfg, num_classes).to(device)
+    images, labels = images.to(device), labels.to(device)
+    normalizer = make_normalizer(cfg.augment.normalize, images, device)
+    size = images.shape[-1]
+    if method.uses_labels:
+        augment: Any = CropFlipAugment(cfg.augment.crop_scale, cfg.augment.flip_p, normalizer, cfg.augment.size or size)
+    else:
+        augment = SSLAugment(cfg.augment, normalizer, size)
+    gens = {"order": make_generator(torch.device("cpu"), cfg.seed), "augment": make_generator(device, cfg.seed + 1)}
+    mean_std = (tuple(normalizer.mean.flatten().tolist()), tuple(normalizer.std.flatten().tolist()))
+    return Setup(cfg, device, images, labels, num_classes, method, build_optimizer(cfg, method), augment, gens, mean_std)
+
+
+def train_step(s: Setup, idx: torch.Tensor, step: int, total: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
+    """One optimisation step on the batch ``idx``; returns device tensors only."""
+    p = s.cfg.pretrain
+    lr = cosine_lr(step, total, p.lr, p.final_lr, getattr(p, "warmup_steps", 0))
+    set_lr(s.optimizer, lr)
+    x = s.images[idx]
+    views = [s.augment(x, s.gens["augment"]) for _ in range(s.method.n_views)]
+    out = s.method.step(views, s.labels[idx], s.gens["augment"])
+    s.optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    s.optimizer.step()
+    s.method.after_step()
+    return out.loss.detach(), out.logs, out.embedding
+
+
+def initial_embedding_std(s: Setup, bs: int) -> float | None:
+    """The collapse monitor before any update, measured on a throw-away copy (no state is touched)."""
+    probe_method = copy.deepcopy(s.method)
+    gen = torch.Generator(s.device).manual_seed(0)
+    with torch.no_grad():
+        views = [s.augment(s.images[:bs], gen) for _ in range(probe_method.n_views)]
+        probe = probe_method.step(views, s.labels[:bs], gen)
+    return float(ops.embedding_std(probe.embedding)) if probe.embedding is not None else None
+
+
+def encoder_payload(cfg: RunConfig, backbone: torch.nn.Module, epoch: int,
+                    mean_std: tuple[tuple[float, ...], tuple[float, ...]], image_size: int) -> dict[str, Any]:
+    """What linear-eval reads: backbone weights, its architecture, and the input normalisation."""
+    return {
+        "backbone": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
+        "model": to_dict(cfg.model), "dataset": cfg.dataset, "method": cfg.method, "epoch": epoch,
+        "normalize": {"mean": list(mean_std[0]), "std": list(mean_std[1])},
+        "image_size": cfg.augment.size or image_size,
+    }
+
+
+def pretrain(cfg: RunConfig, out_dir: Path, ckpt_dir: Path, metrics_path: Path, progress: bool = True) -> dict[str, Any]:
+    """Pretrain ``cfg.method`` on ``cfg.dataset``; write the encoder, DVCLive curves and a summary."""
+    from mnclglf.train.logger import EpochLogger
+
+    meta = load_meta(cfg.data_root, cfg.dataset)
+    images, labels = load_split(cfg.data_root, cfg.dataset, "train")
+    s = setup(cfg, images, labels, len(meta["classes"]))
+    n, bs = s.images.shape[0], cfg.pretrain.batch_size
+    steps_per_epoch = n // bs
+    if steps_per_epoch == 0 and cfg.pretrain.epochs > 0:
+        raise UserError(f"pretrain.batch_size = {bs}: larger than the {n} training images of {cfg.dataset}")
+    total = steps_per_epoch * cfg.pretrain.epochs
+    fingerprint = ckpt.fingerprint(to_dict(cfg))
+    ckpt_path = ckpt_dir / CHECKPOINT_FILE
+    state = ckpt.load_if_matching(ckpt_path, fingerprint)
+    epoch0, history, init_std = 0, [], None
+    if state is not None:
+        s.method.load_state_dict(state["method"])
+        s.optimizer.load_state_dict(state["optimizer"])
+        ckpt.restore_rng(state["rng"], s.gens)
+        epoch0, history, init_std = state["epoch"], state["history"], state["init_std"]
+    logger = EpochLogger(out_dir / "live", history)
+    if init_std is None and total:
+        init_std = initial_embedding_std(s, bs)
+    start = time.perf_counter()
+    with bar(progress) as pbar:
+        task = pbar.add_task(f"pretrain {cfg.method}@{cfg.dataset}", total=total, completed=epoch0 * steps_per_epoch,
+                             status="")
+        for epoch in range(epoch0 + 1, cfg.pretrain.epochs + 1):
+            t0 = time.perf_counter()
+            sums: dict[str, torch.Tensor] = {}
+            for i, idx in enumerate(batches(n, bs, s.gens["order"])):
+                step = (epoch - 1) * steps_per_epoch + i
+                loss, logs, emb = train_step(s, idx.to(s.device), step, total)
+                row = {"loss": loss, **logs}
+                if emb is not None:
+                    row["embedding_std"] = ops.embedding_std(emb)
+                for k, v in row.items():
+                    sums[k] = sums.get(k, 0) + v.float()
+                pbar.advance(task)
+            dt = time.perf_counter() - t0
+            entry = {"epoch": epoch, **{k: float(v) / steps_per_epoch for k, v in sums.items()},
+                     "lr": cosine_lr(epoch * steps_per_epoch - 1, total, cfg.pretrain.lr, cfg.pretrain.final_lr),
+                     "images_per_s": steps_per_epoch * bs / dt}
+            if entry["loss"] != entry["loss"]:
+                raise UserError(f"pretraining {cfg.method} on {cfg.dataset} diverged: loss is NaN at epoch {epoch}")
+            history.append(entry)
+            logger.log(entry)
+            pbar.update(task, status=f"loss {entry['loss']:.3f}")
+            if epoch in cfg.pretrain.keep_epochs:
+                ckpt.save(out_dir / f"encoder_e{epoch}.pt", encoder_payload(cfg, s.method.backbone, epoch, s.mean_std, int(s.images.shape[-1])))
+            if epoch % cfg.pretrain.checkpoint_every == 0 or epoch == cfg.pretrain.epochs:
+                ckpt.save(ckpt_path, {
+                    "fingerprint": fingerprint, "epoch": epoch, "history": history, "init_std": init_std,
+                    "method": s.method.state_dict(), "optimizer": s.optimizer.state_dict(),
+                    "rng": ckpt.rng_state(s.gens),
+                })
+    logger.close()
+    ckpt.save(out_dir / ENCODER_FILE, encoder_payload(cfg, s.method.backbone, cfg.pretrain.epochs, s.mean_std, int(s.images.shape[-1])))
+    stds = [h["embedding_std"] for h in history if "embedding_std" in h]
+    summary = {
+        "dataset": cfg.dataset, "method": cfg.method, "variant": cfg.mnclglf.variant if cfg.method == "mnclglf" else None,
+        "epochs": cfg.pretrain.epochs, "steps": total, "final_loss": history[-1]["loss"] if history else None,
+        "embedding_std_init": init_std, "embedding_std_final": stds[-1] if stds else None,
+        "embedding_std_min_ratio": (min(stds) / init_std) if stds and init_std else None,
+        "images_per_s": (sum(h["images_per_s"] for h in history) / len(history)) if history else None,
+        "wall_s_this_run": time.perf_counter() - start,
+        "device": str(s.device),
+    }
+    write_json(metrics_path, summary)
+    return summary
+
+
+def save_random_init(cfg: RunConfig, out_dir: Path, metrics_path: Path) -> dict[str, Any]:
+    """The ``random-init`` row: the seeded, untrained encoder that every method's run starts from."""
+    device = pick_device(cfg.pretrain.device)
+    images, _ = load_split(cfg.data_root, cfg.dataset, "train")
+    seed_everything(cfg.seed)
+    m = cfg.model
+    backbone = ResNet18(m.stem, m.width, m.zero_init_residual)
+    normalizer = make_normalizer(cfg.augment.normalize, images.to(device), device)
+    mean_std = (tuple(normalizer.mean.flatten().tolist()), tuple(normalizer.std.flatten().tolist()))
+    ckpt.save(out_dir / ENCODER_FILE, encoder_payload(cfg, backbone, 0, mean_std, int(images.shape[-1])))
+    summary = {"dataset": cfg.dataset, "method": cfg.method, "epochs": 0, "steps": 0, "device": str(device)}
+    write_json(metrics_path, summary)
+    return summary
