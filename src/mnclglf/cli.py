@@ -88,6 +88,20 @@ def pretrain(dataset: str, method: str, params_file: str, quiet: bool) -> None:
     click.echo(f"encoder: {paths.encoder_path(dataset, method)}")
 
 
+@main.command()
+@click.option("--dataset", required=True, type=click.Choice(config.DATASETS), help="Dataset to train on.")
+@PARAMS_OPTION
+@QUIET_OPTION
+def supervised(dataset: str, params_file: str, quiet: bool) -> None:
+    """Train the supervised ResNet-18 baseline end to end; writes metrics/DATASET/supervised/supervised.json."""
+    from mnclglf.train.supervised import train_supervised
+
+    cfg = config.run_config(config.read_params(params_file), dataset, "supervised")
+    result = train_supervised(cfg, paths.pretrain_dir(dataset, "supervised"), paths.ckpt_dir(dataset, "supervised"),
+                              paths.metrics_dir(dataset, "supervised") / "supervised.json", progress=not quiet)
+    click.echo(f"supervised@{dataset}: top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}")
+
+
 @main.command("linear-eval")
 @click.option("--dataset", required=True, type=click.Choice(config.DATASETS), help="Dataset of the encoder.")
 @click.option("--method", required=True, type=click.Choice((*config.SSL_METHODS, "random-init")),

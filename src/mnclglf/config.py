@@ -25,7 +25,7 @@ import yaml
 
 from mnclglf.errors import UserError
 
-DATASETS = ("digits", "cifar10", "cifar100", "tinyimagenet")
+DATASETS = ("digits", "cifar10", "cifar100", "tinyimagenet")  # data.sources.SOURCES plus the bundled digits
 SSL_METHODS = ("mnclglf", "mocov2", "simsiam", "simclr", "byol", "nnclr", "fastmoco")
 VARIANTS = ("paper", "released")
 
@@ -116,6 +116,73 @@ class MnclglfConfig:
 
 
 @dataclass(frozen=True)
+class SimCLRConfig:
+    """SimCLR (Chen et al. 2020). Table 2's shared configuration overrides SimCLR's own LARS (lr 0.3·bs/256,
+    wd 1e-6, warm-up), its 2-layer 128-d projector, batch 4096 and its temperature; see docs/FIDELITY.md."""
+
+    tau: float = num(1.0, "NT-Xent temperature (Table 2's shared 1.0; SimCLR's own default is 0.5)", gt=0)
+
+
+@dataclass(frozen=True)
+class MoCoV2Config:
+    """MoCo v2 (Chen et al. 2020). Table 2 overrides the temperature, the momentum, the queue length,
+    the lr (MoCo v2: 0.03 at batch 256) and the 2-layer 128-d MLP head without BN."""
+
+    tau: float = num(1.0, "InfoNCE temperature (Table 2's shared 1.0; MoCo v2's own is 0.2)", gt=0)
+    ema: float = num(0.99, "key-encoder momentum (Table 2; MoCo v2's own is 0.999)", ge=0, lt=1)
+    queue_size: int = num(16384, "negatives in the queue (Table 2; MoCo v2's own is 65536)", ge=1)
+    shuffle_bn: bool = pick(True, (True, False),
+                            "shuffling BN on one device: the key encoder sees the batch permuted, split into "
+                            "bn_groups BatchNorm groups, then un-permuted (MoCo's own: shuffle across 8 GPUs)")
+    bn_groups: int = num(8, "BatchNorm groups that stand in for MoCo's 8 GPUs, in both encoders; 1 = one "
+                            "full-batch BN (pretrain.batch_size must split into groups of >= 2)", ge=1)
+
+
+@dataclass(frozen=True)
+class BYOLConfig:
+    """BYOL (Grill et al. 2020). Table 2 overrides the constant momentum (BYOL: cosine 0.996 → 1), the
+    optimiser (BYOL: LARS lr 0.2·bs/256, wd 1.5e-6) and the heads (BYOL: 4096→256 projector, 4096 predictor)."""
+
+    ema: float = num(0.99, "target momentum (Table 2; BYOL's own starts at 0.996 with a cosine ramp to 1)", ge=0, lt=1)
+
+
+@dataclass(frozen=True)
+class SimSiamConfig:
+    """SimSiam (Chen & He 2021). Its heads are Table 2's; Table 2 overrides its lr (SimSiam: 0.05·bs/256)."""
+
+    fixed_predictor_lr: bool = pick(True, (True, False),
+                                    "the predictor keeps the initial lr instead of the cosine decay (SimSiam Sec. 4.1)")
+
+
+@dataclass(frozen=True)
+class NNCLRConfig:
+    """NNCLR (Dwibedi et al. 2021). Table 2 overrides the temperature, the support-set size, the optimiser
+    (NNCLR: LARS, batch 4096) and the heads (NNCLR: 256-d projector, 4096-wide predictor)."""
+
+    tau: float = num(1.0, "temperature (Table 2's shared 1.0; NNCLR's own is 0.1)", gt=0)
+    queue_size: int = num(16384, "support-set size (Table 2; NNCLR's own is 98304)", ge=1)
+
+
+@dataclass(frozen=True)
+class FastMoCoConfig:
+    """Fast-MoCo (Ci et al. 2022). Its released heads, τ, momentum, SGD lr 0.1 and wd 1e-4 are Table 2's;
+    Table 2 drops its gradient clipping (norm 1) and 1-epoch warm-up."""
+
+    tau: float = num(1.0, "temperature (Table 2's shared 1.0, as Fast-MoCo's own)", gt=0)
+    ema: float = num(0.99, "momentum of the target encoder (Table 2, as Fast-MoCo's own)", ge=0, lt=1)
+    k: int = num(2, "patch features averaged per combination (Fast-MoCo: 2, i.e. C(4,2) = 6)", ge=1, le=4)
+    grid: int = num(2, "grid×grid split of each view (Fast-MoCo: 2)", ge=1)
+
+
+@dataclass(frozen=True)
+class SupervisedConfig:
+    """The supervised baseline: backbone + linear classifier, cross-entropy, under Table 2's loop
+    (SGD, lr 0.1 cosine, wd 1e-4, batch 256, 200 epochs) with crop + flip augmentation."""
+
+    label_smoothing: float = num(0.0, "cross-entropy label smoothing (0 = plain cross-entropy)", ge=0, lt=1)
+
+
+@dataclass(frozen=True)
 class LinearEvalConfig:
     epochs: int = num(90, ge=1)
     batch_size: int = num(256, ge=1)
@@ -147,6 +214,13 @@ class RunConfig:
     augment: AugmentConfig
     pretrain: PretrainConfig
     mnclglf: MnclglfConfig
+    simclr: SimCLRConfig
+    mocov2: MoCoV2Config
+    byol: BYOLConfig
+    simsiam: SimSiamConfig
+    nnclr: NNCLRConfig
+    fastmoco: FastMoCoConfig
+    supervised: SupervisedConfig
 
 
 SECTIONS: dict[str, type] = {
@@ -154,6 +228,13 @@ SECTIONS: dict[str, type] = {
     "augment": AugmentConfig,
     "pretrain": PretrainConfig,
     "mnclglf": MnclglfConfig,
+    "simclr": SimCLRConfig,
+    "mocov2": MoCoV2Config,
+    "byol": BYOLConfig,
+    "simsiam": SimSiamConfig,
+    "nnclr": NNCLRConfig,
+    "fastmoco": FastMoCoConfig,
+    "supervised": SupervisedConfig,
 }
 TOP_LEVEL = {"seed", "data_root", "datasets", "methods", "eval_methods", "profiles", "digits", "linear_eval",
              "overrides", "linear_eval_overrides", *SECTIONS}
@@ -289,9 +370,10 @@ def run_config(raw: dict[str, Any], dataset: str, method: str) -> RunConfig:
     seed = _coerce("seed", raw.get("seed", 0), int, {"ge": 0})
     data_root = _coerce("data_root", raw.get("data_root", "data"), str, {})
     cfg = RunConfig(dataset=dataset, method=method, seed=seed, data_root=data_root, **sections)
-    if method in ("mnclglf", "nnclr", "mocov2") and cfg.mnclglf.queue_size < cfg.pretrain.batch_size:
-        raise UserError(f"mnclglf.queue_size = {cfg.mnclglf.queue_size}: must be >= pretrain.batch_size "
-                        f"({cfg.pretrain.batch_size})")
+    for name in ("mnclglf", "nnclr", "mocov2"):
+        size = getattr(cfg, name).queue_size
+        if method == name and size < cfg.pretrain.batch_size:
+            raise UserError(f"{name}.queue_size = {size}: must be >= pretrain.batch_size ({cfg.pretrain.batch_size})")
     return cfg
 
 

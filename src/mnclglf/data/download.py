@@ -24,6 +24,7 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
@@ -41,7 +42,7 @@ class _RetryableError(Exception):
     """An attempt failed in a way another attempt may fix (dropped connection, 5xx, …)."""
 
 
-class _RangeNotSatisfiable(_RetryableError):
+class _RangeRefusedError(_RetryableError):
     """HTTP 416 on a resume: the ``.part`` file is already complete, or is not a prefix of this file."""
 
 
@@ -50,20 +51,23 @@ def is_url(source: str) -> bool:
     return urllib.parse.urlsplit(source).scheme.lower() in ("http", "https")
 
 
-def normalize_md5(md5: str, what: str = "--md5") -> str:
+def normalize_md5(md5: str) -> str:
     """Lower-case a digest and refuse anything that is not 32 hex digits."""
     digest = md5.strip().lower()
     if not _MD5_RE.match(digest):
-        raise UserError(f"{what} must be 32 hexadecimal digits, got {md5!r}")
+        raise UserError(f"--md5 must be 32 hexadecimal digits, got {md5!r}")
     return digest
 
 
 def md5_file(path: Path | str) -> str:
     """Hex MD5 of a file, read in chunks so multi-GB archives need no memory."""
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            h.update(chunk)
+    h = hashlib.md5(usedforsecurity=False)
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(CHUNK):
+                h.update(chunk)
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from exc
     return h.hexdigest()
 
 
@@ -144,7 +148,7 @@ def download(
             try:
                 _attempt(url, part, timeout, bar, task)
                 break
-            except _RangeNotSatisfiable as exc:
+            except _RangeRefusedError as exc:
                 if md5_file(part) == md5:
                     break
                 part.unlink()
@@ -172,7 +176,7 @@ def _progress_bar() -> Progress:
     )
 
 
-def _attempt(url: str, part: Path, timeout: float, bar: Progress | None, task: int | None) -> None:
+def _attempt(url: str, part: Path, timeout: float, bar: Progress | None, task: TaskID | None) -> None:
     """One request: append to ``part`` from its current size, or restart it when the server ignores Range."""
     offset = part.stat().st_size if part.is_file() else 0
     request = urllib.request.Request(url, headers={"User-Agent": "mnclglf"})
@@ -182,7 +186,7 @@ def _attempt(url: str, part: Path, timeout: float, bar: Progress | None, task: i
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:
-            raise _RangeNotSatisfiable(f"server refused to resume at byte {offset}") from exc
+            raise _RangeRefusedError(f"server refused to resume at byte {offset}") from exc
         if exc.code in _PERMANENT_HTTP:
             raise UserError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from exc
         raise _RetryableError(f"HTTP {exc.code} {exc.reason}") from exc
@@ -206,17 +210,25 @@ def _attempt(url: str, part: Path, timeout: float, bar: Progress | None, task: i
         received = 0
         try:
             with open(part, "r+b" if start else "wb") as fh:
+                fh.truncate(start)
                 fh.seek(start)
-                fh.truncate()
-                while chunk := response.read(CHUNK):
+                while chunk := _read(response, start + received):
                     fh.write(chunk)
                     received += len(chunk)
                     if bar is not None and task is not None:
                         bar.advance(task, len(chunk))
-        except (OSError, http.client.HTTPException) as exc:
-            raise _RetryableError(f"connection lost after {start + received} bytes: {exc}") from exc
+        except OSError as exc:
+            raise UserError(f"cannot write {part}: {exc}") from exc
     if remaining is not None and received < remaining:
         raise _RetryableError(f"connection closed after {start + received} of {start + remaining} bytes")
+
+
+def _read(response: http.client.HTTPResponse, done: int) -> bytes:
+    """Next chunk of the body; a network failure becomes retryable (a failed disk write must not)."""
+    try:
+        return response.read(CHUNK)
+    except (OSError, http.client.HTTPException) as exc:
+        raise _RetryableError(f"connection lost after {done} bytes: {exc}") from exc
 
 
 def _resume_point(response: http.client.HTTPResponse, offset: int) -> tuple[int, int | None] | None:

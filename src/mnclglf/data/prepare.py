@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -93,11 +94,15 @@ def prepare(
         progress=progress,
         expected_size=spec.size_bytes if expected == spec.md5 else None,
     )
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dataset}.tmp-", dir=root))
+    staging = _fresh_dir(root, f".{dataset}.tmp-")
+    raw = staging / "raw"
     try:
-        raw = extract(archive, staging / "raw")
-        meta = _BUILDERS[dataset](spec, raw, staging, progress)
+        extract(archive, raw)
+        try:
+            meta = _BUILDERS[dataset](spec, raw, staging, progress)
+        except UserError as exc:
+            # Name files by their place in the archive, not by a temporary path that is about to vanish.
+            raise UserError(str(exc).replace(f"{raw}{os.sep}", f"{archive}:")) from exc
         shutil.rmtree(raw)
         meta.update(
             dataset=dataset,
@@ -124,6 +129,18 @@ def is_prepared(root: Path | str, dataset: str, md5: str) -> bool:
     return all(split_path(root, dataset, split).is_file() for split in SPLITS)
 
 
+def _fresh_dir(parent: Path, prefix: str) -> Path:
+    """A new uniquely named directory with the umask's permissions (``mkdtemp`` would make it private)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        path = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+
+
 def _swap_in(staging: Path, out: Path) -> None:
     """Rename the finished staging directory to ``out``, replacing an older preparation."""
     if not out.exists():
@@ -139,7 +156,7 @@ def _write_splits(staging: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]
     counts = {}
     for split, (images, labels) in splits.items():
         save_split(staging.parent, staging.name, split, images, labels)
-        counts[split] = int(len(labels))
+        counts[split] = len(labels)
     return counts
 
 
@@ -147,7 +164,7 @@ def _top_dir(raw: Path, spec: DatasetSource) -> Path:
     top = raw / spec.top_dir
     if not top.is_dir():
         found = ", ".join(sorted(p.name for p in raw.iterdir())) or "nothing"
-        raise UserError(f"{spec.archive}: expected a top folder {spec.top_dir}/, found {found}")
+        raise UserError(f"{top}: missing (expected this top folder; the archive holds {found})")
     return top
 
 
@@ -254,17 +271,17 @@ def _build_tinyimagenet(spec: DatasetSource, raw: Path, staging: Path, progress:
 
 def _read_wnids(path: Path) -> list[str]:
     if not path.is_file():
-        raise UserError(f"{path.name}: missing from the archive (expected one wnid per line)")
+        raise UserError(f"{path}: missing from the archive (expected one wnid per line)")
     wnids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not wnids or len(set(wnids)) != len(wnids):
-        raise UserError(f"{path}: expected distinct wnids, one per line, found {len(wnids)} lines with duplicates or none")
+        raise UserError(f"{path}: expected distinct wnids, one per line, found {len(wnids)} with duplicates or none")
     return wnids
 
 
 def _read_words(path: Path, wnids: Sequence[str]) -> list[str]:
     """Human-readable names of ``wnids`` from the tab-separated ``words.txt``."""
     if not path.is_file():
-        raise UserError(f"{path.name}: missing from the archive (expected '<wnid>\\t<names>' lines)")
+        raise UserError(f"{path}: missing from the archive (expected '<wnid>\\t<names>' lines)")
     words = {}
     for line in path.read_text().splitlines():
         wnid, _, text = line.partition("\t")

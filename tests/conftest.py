@@ -1,0 +1,40 @@
+"""Shared fixtures: a tiny prepared digits dataset and a tiny parameter set for fast CPU runs."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+torch.set_num_threads(2)
+
+TINY: dict[str, Any] = {
+    "seed": 0,
+    "model": {"width": 0.125, "proj_hidden": 32, "proj_out": 32, "pred_hidden": 16},
+    "augment": {"crop_scale": [0.4, 1.0]},
+    "pretrain": {"epochs": 2, "batch_size": 16, "checkpoint_every": 1, "threads": 0},
+    "mnclglf": {"queue_size": 64},
+    "linear_eval": {"epochs": 2, "batch_size": 32},
+}
+
+
+@pytest.fixture
+def tiny_raw(tmp_path: Path) -> dict[str, Any]:
+    raw = copy.deepcopy(TINY)
+    raw["data_root"] = str(tmp_path / "data")
+    return raw
+
+
+@pytest.fixture
+def digits_root(tiny_raw: dict[str, Any]) -> Path:
+    """The real bundled digits at 8×8, prepared into a temporary data root."""
+    from mnclglf.data.digits import prepare_digits
+
+    prepare_digits(tiny_raw["data_root"], size=8)
+    return Path(tiny_raw["data_root"])

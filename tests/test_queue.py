@@ -1,0 +1,47 @@
+"""The FIFO queue: order, wrap-around, the released code's tail-drop, persistence in state_dict."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mnclglf.models.queue import Queue
+
+
+def rows(start: int, n: int) -> torch.Tensor:
+    return torch.arange(start, start + n, dtype=torch.float32).view(n, 1).repeat(1, 2)
+
+
+def test_fifo_order_and_wrap_around() -> None:
+    q = Queue(5, 2, overflow="wrap")
+    q.push(rows(0, 2))
+    q.push(rows(2, 2))
+    assert q.bank[:4, 0].tolist() == [0, 1, 2, 3]
+    q.push(rows(4, 2))  # row 5 wraps to the front, overwriting the oldest entry
+    assert q.bank[:, 0].tolist() == [5, 1, 2, 3, 4]
+    assert int(q.ptr) == 1
+    q.push(rows(6, 3))
+    assert q.bank[:, 0].tolist() == [5, 6, 7, 8, 4]
+
+
+def test_drop_overflow_fills_tail_then_restarts() -> None:
+    q = Queue(5, 2, overflow="drop")
+    q.push(rows(0, 3))
+    q.push(rows(3, 3))  # 3, 4 fill the tail; 5 is dropped
+    assert q.bank[:, 0].tolist() == [0, 1, 2, 3, 4]
+    assert int(q.ptr) == 0
+    q.push(rows(10, 2))
+    assert q.bank[:, 0].tolist() == [10, 11, 2, 3, 4]
+
+
+def test_queue_travels_in_state_dict() -> None:
+    q = Queue(4, 2)
+    q.push(rows(7, 3))
+    r = Queue(4, 2)
+    r.load_state_dict(q.state_dict())
+    assert torch.equal(r.bank, q.bank) and int(r.ptr) == 3
+
+
+def test_batch_larger_than_queue() -> None:
+    with pytest.raises(ValueError):
+        Queue(2, 2).push(rows(0, 3))
