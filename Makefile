@@ -11,13 +11,13 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha25
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install test smoke all plan clean-smoke
+.PHONY: install test smoke all plan docker clean-smoke
 
 install: $(STAMP)
 
 $(STAMP):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.lock
+	$(BIN)/python -m pip install --disable-pip-version-check -q --require-hashes -r requirements.lock
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	@rm -f $(VENV)/.installed-*
 	@touch $@
@@ -31,6 +31,9 @@ smoke: install
 
 all: install
 	$(BIN)/dvc repro
+
+docker:
+	docker build --build-arg UID="$$(id -u)" --build-arg GIT_COMMIT="$$(git rev-parse HEAD 2>/dev/null)" -t mnclglf .
 
 plan: install
 	$(BIN)/dvc stage list

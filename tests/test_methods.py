@@ -361,8 +361,9 @@ def coloured_images(n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, tor
 
 @pytest.mark.parametrize("name", METHODS)
 def test_train_step_lowers_the_loss_on_a_fixed_batch(name):
-    # MoCo's queue must stay mostly random here: on one repeated batch it would fill with its own positives.
-    cfg = cfg_for(name, pretrain={"batch_size": 16}, mocov2={"queue_size": 4096})
+    # MoCo's queue must stay mostly random here (on one repeated batch it would fill with its own
+    # positives), and its shuffle-BN groups need more than two samples each (batch 16, 4 groups).
+    cfg = cfg_for(name, pretrain={"batch_size": 16}, mocov2={"queue_size": 4096, "bn_groups": 4})
     images, labels = coloured_images(32, 16)
     s = pretrain.setup(cfg, images, labels, 4)
     idx = torch.arange(16)

@@ -6,17 +6,31 @@ command-line usage errors), never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
 from mnclglf import config, paths
 from mnclglf.errors import UserError
+from mnclglf.report.summary import report_command
+from mnclglf.report.verify import verify_command
 
 PARAMS_OPTION = click.option("--params", "params_file", default="params.yaml", show_default=True,
                              type=click.Path(dir_okay=False), help="Parameter file (the profile) to read.")
 QUIET_OPTION = click.option("--quiet", is_flag=True, help="No progress bar.")
+
+
+@contextlib.contextmanager
+def recorded(dataset: str, run: str, stage: str, seed: int) -> Iterator[None]:
+    """Write the stage's environment record (versions, hardware, wall time) next to its metrics, on success."""
+    from mnclglf.envinfo import environment_record, utc_now, write_environment
+
+    start = utc_now()
+    yield
+    write_environment(paths.metrics_dir(dataset, run) / f"env_{stage}.json", environment_record(seed, start, utc_now()))
 
 
 class OneLineErrors(click.Group):
@@ -68,7 +82,7 @@ def download(dataset: str, root: str | None, source: str | None, md5: str | None
 
 @main.command()
 @click.option("--dataset", required=True, type=click.Choice(config.DATASETS), help="Dataset to pretrain on.")
-@click.option("--method", required=True, type=click.Choice((*config.SSL_METHODS, "random-init")),
+@click.option("--method", required=True, type=click.Choice((*config.RUN_METHODS, "random-init")),
               help="Self-supervised method (random-init saves the untrained encoder).")
 @PARAMS_OPTION
 @QUIET_OPTION
@@ -78,13 +92,14 @@ def pretrain(dataset: str, method: str, params_file: str, quiet: bool) -> None:
 
     cfg = config.run_config(config.read_params(params_file), dataset, method)
     metrics = paths.metrics_dir(dataset, method) / "pretrain.json"
-    if method == "random-init":
-        save_random_init(cfg, paths.pretrain_dir(dataset, method), metrics)
-    else:
-        summary = run(cfg, paths.pretrain_dir(dataset, method), paths.ckpt_dir(dataset, method), metrics,
-                      progress=not quiet)
-        click.echo(f"{method}@{dataset}: final loss {summary['final_loss']}, "
-                   f"collapse monitor min/initial {summary['embedding_std_min_ratio']}")
+    with recorded(dataset, method, "pretrain", cfg.seed):
+        if method == "random-init":
+            save_random_init(cfg, paths.pretrain_dir(dataset, method), metrics)
+        else:
+            summary = run(cfg, paths.pretrain_dir(dataset, method), paths.ckpt_dir(dataset, method), metrics,
+                          progress=not quiet)
+            click.echo(f"{method}@{dataset}: final loss {summary['final_loss']}, "
+                       f"collapse monitor min/initial {summary['embedding_std_min_ratio']}")
     click.echo(f"encoder: {paths.encoder_path(dataset, method)}")
 
 
@@ -97,14 +112,16 @@ def supervised(dataset: str, params_file: str, quiet: bool) -> None:
     from mnclglf.train.supervised import train_supervised
 
     cfg = config.run_config(config.read_params(params_file), dataset, "supervised")
-    result = train_supervised(cfg, paths.pretrain_dir(dataset, "supervised"), paths.ckpt_dir(dataset, "supervised"),
-                              paths.metrics_dir(dataset, "supervised") / "supervised.json", progress=not quiet)
+    with recorded(dataset, "supervised", "supervised", cfg.seed):
+        result = train_supervised(cfg, paths.pretrain_dir(dataset, "supervised"),
+                                  paths.ckpt_dir(dataset, "supervised"),
+                                  paths.metrics_dir(dataset, "supervised") / "supervised.json", progress=not quiet)
     click.echo(f"supervised@{dataset}: top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}")
 
 
 @main.command("linear-eval")
 @click.option("--dataset", required=True, type=click.Choice(config.DATASETS), help="Dataset of the encoder.")
-@click.option("--method", required=True, type=click.Choice((*config.SSL_METHODS, "random-init")),
+@click.option("--method", required=True, type=click.Choice((*config.RUN_METHODS, "random-init")),
               help="Method whose encoder to evaluate.")
 @click.option("--encoder", "encoder_file", default=None, type=click.Path(dir_okay=False),
               help="Encoder file (default: runs/DATASET/METHOD/pretrain/encoder.pt).")
@@ -115,11 +132,12 @@ def linear_eval(dataset: str, method: str, encoder_file: str | None, params_file
     from mnclglf.train.linear_eval import linear_eval as run
 
     raw = config.read_params(params_file)
-    cfg = config.linear_eval_config(raw, dataset)
+    cfg = config.linear_eval_config(raw, dataset, method)
     seed = config.run_config(raw, dataset, method).seed
-    result = run(Path(encoder_file) if encoder_file else paths.encoder_path(dataset, method), cfg,
-                 raw.get("data_root", "data"), seed, paths.linear_dir(dataset, method),
-                 paths.metrics_dir(dataset, method) / "linear.json", progress=not quiet)
+    with recorded(dataset, method, "linear", seed):
+        result = run(Path(encoder_file) if encoder_file else paths.encoder_path(dataset, method), cfg,
+                     raw.get("data_root", "data"), seed, paths.linear_dir(dataset, method),
+                     paths.metrics_dir(dataset, method) / "linear.json", progress=not quiet)
     click.echo(f"{method}@{dataset}: top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}")
 
 
@@ -148,3 +166,55 @@ def tabulate(profile: str, paper_file: str, params_file: str) -> None:
         table.add_row(*[f"{r[c]:.2f}" if isinstance(r[c], float) else (r[c] or "") for c in TABLE3_HEADER])
     Console().print(table)
     click.echo(f"table: {csv_path} (and {csv_path.with_suffix('.md')})")
+
+
+@main.command()
+@click.option("--dataset", default="cifar10", show_default=True, type=click.Choice(config.DATASETS),
+              help="Dataset whose configuration to compare (digits shows the CPU profile's shrunken values).")
+@click.option("--markdown", is_flag=True, help="Print a Markdown table (docs/FIDELITY.md) instead of a rich table.")
+@click.option("--effects", is_flag=True, help="Add the expected effect of each difference (rich table only).")
+@PARAMS_OPTION
+def fidelity(dataset: str, markdown: bool, effects: bool, params_file: str) -> None:
+    """List where the released code departs from the paper: one row per parameter, paper vs released value."""
+    from mnclglf.report.fidelity import fidelity_rows, print_table, to_markdown
+
+    rows = fidelity_rows(config.read_params(params_file), dataset)
+    if markdown:
+        click.echo(to_markdown(rows), nl=False)
+    else:
+        print_table(rows, dataset, effects)
+
+
+# `verify` and `report` live beside the report code they wrap (importing them loads neither torch nor matplotlib).
+main.add_command(verify_command)
+main.add_command(report_command)
+
+
+@main.command()
+@click.option("--method", default="mnclglf", show_default=True, type=click.Choice((*config.RUN_METHODS, "supervised")),
+              help="Method whose training step to time.")
+@click.option("--variant", default="paper", show_default=True, type=click.Choice(config.VARIANTS),
+              help="MNCLGLF reading (paper or released).")
+@click.option("--shape", default="50000,32,32,10", show_default=True, metavar="N,H,W,C",
+              help="Synthetic dataset: images, height, width, classes.")
+@click.option("--batch-size", type=int, default=None, help="Batch size (default: 64 on cpu, 256 on cuda).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Device (default: cuda if available).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="Arithmetic of the step (bf16 autocast on cuda).")
+@click.option("--width", type=float, default=1.0, show_default=True, help="ResNet-18 width multiplier.")
+@click.option("--steps", type=int, default=None, help="Timed steps (default: cpu 1, cuda 20).")
+@click.option("--warmup", type=int, default=None, help="Extra warm-up steps (default: cpu 0, cuda 5).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the results as JSON.")
+@click.option("--append", is_flag=True, help="Add to the --json file instead of overwriting it.")
+@click.option("--speed", multiple=True, metavar="KEY=BOOL", help="A fast path of the speed section, e.g. channels_last=true.")
+@click.option("--threads", type=int, default=0, help="CPU threads; 0 = torch's default.")
+@click.option("--reference/--no-reference", default=True, help="Also time the plain eager Algorithm 1 (mnclglf paper).")
+@click.option("--pil/--no-pil", default=True, help="Also time the per-image torchvision/PIL augmentation reference.")
+@click.option("--flops", is_flag=True, help="Only count FLOPs per image (CPU, batch 16).")
+@PARAMS_OPTION
+@QUIET_OPTION
+def bench(params_file: str, **kw: object) -> None:
+    """Time augmentation and a training step against the per-image and plain-eager references."""
+    from mnclglf.bench import bench_command
+
+    bench_command(params_path=params_file, **kw)

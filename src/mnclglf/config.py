@@ -9,6 +9,13 @@ Per-dataset overrides (``overrides.<dataset>`` for pretraining, and
 ``linear_eval_overrides.<dataset>`` for the linear probe) are deep-merged over the
 shared sections; the paper's datasets have none, the bundled ``digits`` shrinks the
 network and the epochs so that the CPU profile fits in minutes.
+
+A *variant run* (``VARIANT_RUNS``, e.g. ``mnclglf-released``) is one more entry of the
+``methods`` list: it builds its base method (``mnclglf``) from the shared sections, then
+its own top-level section (``mnclglf-released: {model, augment, pretrain, mnclglf,
+linear_eval}``), then ``overrides.<dataset>``, then ``overrides.<dataset>.<run>``.
+Its method section must set every key, so the run never reads the shared ``mnclglf``
+section and DVC's ``${item.method}`` param dependency covers it exactly.
 """
 
 from __future__ import annotations
@@ -28,6 +35,15 @@ from mnclglf.errors import UserError
 DATASETS = ("digits", "cifar10", "cifar100", "tinyimagenet")  # data.sources.SOURCES plus the bundled digits
 SSL_METHODS = ("mnclglf", "mocov2", "simsiam", "simclr", "byol", "nnclr", "fastmoco")
 VARIANTS = ("paper", "released")
+# Variant runs: a name of the ``methods`` list → (the method it builds, its variant label).
+VARIANT_RUNS: dict[str, tuple[str, str]] = {"mnclglf-released": ("mnclglf", "released")}
+RUN_METHODS = (*SSL_METHODS, *VARIANT_RUNS)
+VARIANT_SECTIONS = ("model", "augment", "pretrain", "mnclglf", "linear_eval")  # what a variant section may set
+
+
+def base_method(method: str) -> str:
+    """The method a run builds: ``mnclglf`` for ``mnclglf-released``, the name itself otherwise."""
+    return VARIANT_RUNS[method][0] if method in VARIANT_RUNS else method
 
 
 def _check(*, gt: float | None = None, ge: float | None = None, le: float | None = None,
@@ -77,6 +93,8 @@ class AugmentConfig:
     blur_kernel_frac: float = num(0.1, "Gaussian kernel side as a fraction of the image side (SimCLR: 10%)", gt=0, le=1)
     normalize: Literal["none", "dataset", "imagenet"] = pick(
         "dataset", ("none", "dataset", "imagenet"), "per-channel mean/std: of the training split, ImageNet's, or none")
+    interpolation: Literal["bilinear", "bicubic"] = pick(
+        "bilinear", ("bilinear", "bicubic"), "resampling of the random resized crop (released code: bicubic)")
 
 
 @dataclass(frozen=True)
@@ -91,6 +109,12 @@ class PretrainConfig:
     keep_epochs: tuple[int, ...] = ()
     device: str = pick("auto", ("auto", "cpu", "cuda"))
     threads: int = num(0, "CPU threads for torch; 0 = torch's default", ge=0)
+    warmup_steps: int = num(0, "linear lr warm-up steps before the per-step cosine (released code: 2)", ge=0)
+    clip_grad_norm: float = num(0.0, "clip the global gradient norm to this value before each step; 0 = off "
+                                     "(released code: 1.0)", ge=0)
+    fixed_predictor_lr: bool = pick(False, (True, False),
+                                    "the predictor keeps the initial lr instead of the cosine schedule "
+                                    "(released code: true, the Fast-MoCo/SimSiam scheduler)")
 
 
 @dataclass(frozen=True)
@@ -113,6 +137,34 @@ class MnclglfConfig:
         "BatchNorm in the stop-gradient pass normalises with batch statistics (train mode) or running ones")
     combined_positive: Literal["all", "one"] = pick(
         "all", ("all", "one"), "all C(4,k) combined embeddings, or one chosen at random per step (Table 5)")
+    # -- where the released code (docs/FIDELITY.md) departs from Algorithm 1; defaults are Algorithm 1's reading
+    sg_views: Literal["x1x3", "x1x2"] = pick(
+        "x1x3", ("x1x3", "x1x2"),
+        "the two views the stop-gradient network divides (Algorithm 1: x1, x3; released: x1, x2)")
+    momentum_views: Literal["x1x2", "x1x3"] = pick(
+        "x1x2", ("x1x2", "x1x3"), "the two views the momentum network encodes (Algorithm 1: x1, x2; released: x1, x3)")
+    enqueue_view: Literal["x1", "x2", "x3"] = pick(
+        "x1", ("x1", "x2", "x3"), "the momentum view whose batch is enqueued, after both look-ups (Algorithm 1: "
+                                  "update_queue(Q, z1); released: j3); must be one of momentum_views")
+    queue_overflow: Literal["wrap", "drop"] = pick(
+        "wrap", ("wrap", "drop"), "a batch that runs past the end of Q: wraps to the front (a FIFO ring) or fills "
+                                  "the tail and drops the rest (released: lightly's memory bank)")
+    patch_order: Literal["row", "column"] = pick(
+        "row", ("row", "column"), "order of the grid² patches on the batch axis: row-major (TL, TR, BL, BR) or "
+                                  "column-major (TL, BL, TR, BR, the released split)")
+    loss_s_grad: bool = pick(True, (True, False),
+                             "loss_s back-propagates into the predictions (Algorithm 1) or is computed on detached "
+                             "predictions and only logged (released code)")
+    loss_s_rows: Literal["target", "prediction"] = pick(
+        "target", ("target", "prediction"), "rows of loss_s's logits: the combined embeddings (Algorithm 1's L(h, p)) "
+                                            "or the predictions (released: p·kᵀ, softmax over the chunk)")
+    loss_m: Literal["infonce", "ntxent"] = pick(
+        "infonce", ("infonce", "ntxent"), "loss_m: Algorithm 1's L(z, p) (N−1 negatives) or lightly's NT-Xent "
+                                          "over [z; p] (2N−2 negatives, released)")
+    ema_timing: Literal["after_step", "before_targets"] = pick(
+        "after_step", ("after_step", "before_targets"),
+        "the EMA update of f_m after the optimiser step (Algorithm 1) or at the start of the next forward, before "
+        "the targets (released); the same trajectory except that the last EMA is skipped")
 
 
 @dataclass(frozen=True)
@@ -193,6 +245,12 @@ class LinearEvalConfig:
     crop_scale: tuple[float, float] = pair((0.08, 1.0), gt=0, le=1)
     flip_p: float = num(0.5, ge=0, le=1)
     device: str = pick("auto", ("auto", "cpu", "cuda"))
+    train_size: int = num(0, "side of the training random resized crop; 0 = the encoder's pretraining input size", ge=0)
+    test_resize: int = num(0, "test images: resize the shorter side to this, then centre-crop test_crop; "
+                              "0 = resize straight to test_crop (released: 256)", ge=0)
+    test_crop: int = num(0, "side of the test centre crop; 0 = the training size (released: 224)", ge=0)
+    interpolation: Literal["bilinear", "bicubic"] = pick(
+        "bilinear", ("bilinear", "bicubic"), "resampling of the training crop and the test resize (released: bicubic)")
 
 
 @dataclass(frozen=True)
@@ -221,6 +279,7 @@ class RunConfig:
     nnclr: NNCLRConfig
     fastmoco: FastMoCoConfig
     supervised: SupervisedConfig
+    speed: SpeedConfig = field(default_factory=lambda: SpeedConfig())  # defined at the end of the file
 
 
 SECTIONS: dict[str, type] = {
@@ -237,7 +296,7 @@ SECTIONS: dict[str, type] = {
     "supervised": SupervisedConfig,
 }
 TOP_LEVEL = {"seed", "data_root", "datasets", "methods", "eval_methods", "profiles", "digits", "linear_eval",
-             "overrides", "linear_eval_overrides", *SECTIONS}
+             "overrides", "linear_eval_overrides", *SECTIONS, *VARIANT_RUNS}
 
 
 def _describe(meta: dict[str, Any]) -> str:
@@ -338,7 +397,7 @@ def read_params(path: Path | str = "params.yaml") -> dict[str, Any]:
     unknown = sorted(set(raw) - TOP_LEVEL)
     if unknown:
         raise UserError(f"{unknown[0]}: unknown key in {path}; allowed: {', '.join(sorted(TOP_LEVEL))}")
-    for key, allowed in (("datasets", DATASETS), ("methods", SSL_METHODS)):
+    for key, allowed in (("datasets", DATASETS), ("methods", RUN_METHODS)):
         values = raw.get(key, [])
         if not isinstance(values, list):
             raise UserError(f"{key} = {values!r}: expected a list")
@@ -357,29 +416,92 @@ def _overrides(raw: dict[str, Any], table: str, dataset: str) -> dict[str, Any]:
     return over
 
 
-def run_config(raw: dict[str, Any], dataset: str, method: str) -> RunConfig:
-    """The validated configuration of one pretraining run of ``method`` on ``dataset``."""
-    if method not in (*SSL_METHODS, "supervised", "random-init"):
-        raise UserError(f"method = {method!r}: expected one of {', '.join((*SSL_METHODS, 'supervised', 'random-init'))}")
-    over = _overrides(raw, "overrides", dataset)
-    unknown = sorted(set(over) - set(SECTIONS))
+def _section(data: Any, where: str) -> dict[str, Any]:
+    """A variant section (``<run>`` or ``overrides.<dataset>.<run>``): a mapping of VARIANT_SECTIONS."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise UserError(f"{where} = {data!r}: expected a mapping")
+    unknown = sorted(set(data) - set(VARIANT_SECTIONS))
     if unknown:
-        raise UserError(f"overrides.{dataset}.{unknown[0]}: unknown section; allowed: {', '.join(SECTIONS)}")
-    sections = {name: build(cls, deep_merge(raw.get(name) or {}, over.get(name) or {}), name)
-                for name, cls in SECTIONS.items()}
+        raise UserError(f"{where}.{unknown[0]}: unknown section; allowed: {', '.join(VARIANT_SECTIONS)}")
+    for name, value in data.items():
+        if value is not None and not isinstance(value, dict):
+            raise UserError(f"{where}.{name} = {value!r}: expected a mapping")
+    return data
+
+
+def variant_layers(raw: dict[str, Any], dataset: str, method: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """For a variant run: its own section and its per-dataset hook ``overrides.<dataset>.<run>``; else two {}."""
+    if method not in VARIANT_RUNS:
+        return {}, {}
+    if method not in raw:
+        raise UserError(f"method = {method!r}: params has no `{method}` section defining the variant")
+    own = _section(raw.get(method), method)
+    base, label = VARIANT_RUNS[method]
+    given = own.get(base) or {}
+    missing = [f.name for f in dataclasses.fields(SECTIONS[base]) if f.name not in given]
+    if missing:
+        raise UserError(f"{method}.{base}: must set every key (missing {', '.join(missing)}); the run does not read "
+                        f"the shared `{base}` section")
+    if given.get("variant") != label:
+        raise UserError(f"{method}.{base}.variant = {given.get('variant')!r}: expected {label!r}")
+    hook = _section(_overrides(raw, "overrides", dataset).get(method), f"overrides.{dataset}.{method}")
+    return own, hook
+
+
+def run_config(raw: dict[str, Any], dataset: str, method: str) -> RunConfig:
+    """The validated configuration of one pretraining run of ``method`` on ``dataset``.
+
+    Layers, later wins: the shared sections, the variant run's own section, ``overrides.<dataset>``,
+    ``overrides.<dataset>.<run>``.
+    """
+    allowed = (*RUN_METHODS, "supervised", "random-init")
+    if method not in allowed:
+        raise UserError(f"method = {method!r}: expected one of {', '.join(allowed)}")
+    over = _overrides(raw, "overrides", dataset)
+    unknown = sorted(set(over) - set(SECTIONS) - set(VARIANT_RUNS))
+    if unknown:
+        raise UserError(f"overrides.{dataset}.{unknown[0]}: unknown section; allowed: "
+                        f"{', '.join((*SECTIONS, *VARIANT_RUNS))}")
+    own, hook = variant_layers(raw, dataset, method)
+    sections = {}
+    for name, cls in SECTIONS.items():
+        merged = raw.get(name) or {}
+        for layer in (own, over, hook):
+            merged = deep_merge(merged, layer.get(name) or {})
+        sections[name] = build(cls, merged, name)
     seed = _coerce("seed", raw.get("seed", 0), int, {"ge": 0})
     data_root = _coerce("data_root", raw.get("data_root", "data"), str, {})
     cfg = RunConfig(dataset=dataset, method=method, seed=seed, data_root=data_root, **sections)
+    base = base_method(method)
     for name in ("mnclglf", "nnclr", "mocov2"):
         size = getattr(cfg, name).queue_size
-        if method == name and size < cfg.pretrain.batch_size:
+        if base == name and size < cfg.pretrain.batch_size:
             raise UserError(f"{name}.queue_size = {size}: must be >= pretrain.batch_size ({cfg.pretrain.batch_size})")
+    if base == "mnclglf":
+        mc = cfg.mnclglf
+        label = VARIANT_RUNS[method][1] if method in VARIANT_RUNS else "paper"
+        if mc.variant != label:
+            raise UserError(f"mnclglf.variant = {mc.variant!r}: the run {method!r} is the {label!r} variant; the "
+                            f"released reading is the run `mnclglf-released` (section `mnclglf-released` of params)")
+        if mc.enqueue_view not in (mc.momentum_views[:2], mc.momentum_views[2:]):
+            raise UserError(f"mnclglf.enqueue_view = {mc.enqueue_view!r}: must be one of the momentum views "
+                            f"({mc.momentum_views[:2]}, {mc.momentum_views[2:]})")
     return cfg
 
 
-def linear_eval_config(raw: dict[str, Any], dataset: str) -> LinearEvalConfig:
+def linear_eval_config(raw: dict[str, Any], dataset: str, method: str | None = None) -> LinearEvalConfig:
+    """The linear probe of ``method``'s encoder on ``dataset``.
+
+    Layers, later wins: ``linear_eval``, the variant run's ``<run>.linear_eval``,
+    ``linear_eval_overrides.<dataset>``, ``overrides.<dataset>.<run>.linear_eval``.
+    """
     over = _overrides(raw, "linear_eval_overrides", dataset)
-    return build(LinearEvalConfig, deep_merge(raw.get("linear_eval") or {}, over), "linear_eval")
+    own, hook = variant_layers(raw, dataset, method) if method else ({}, {})
+    merged = raw.get("linear_eval") or {}
+    for layer in (own.get("linear_eval") or {}, over, hook.get("linear_eval") or {}):
+        merged = deep_merge(merged, layer)
+    return build(LinearEvalConfig, merged, "linear_eval")
 
 
 def digits_config(raw: dict[str, Any]) -> DigitsConfig:
@@ -399,3 +521,21 @@ def field_docs(cls: type) -> dict[str, str]:
     return {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(cls)}
 
 
+@dataclass(frozen=True)
+class SpeedConfig:
+    """Fast paths of the training step (``mnclglf.train.fast.apply_speed``); none changes the maths.
+
+    Each is kept on only where ``mnclglf bench`` shows that it helps on the device it targets
+    (docs/RESOURCES.md); all are off by default, so a run is the plain eager step unless asked.
+    """
+
+    channels_last: bool = pick(False, (True, False), "NHWC memory format for the networks and the views")
+    compile: bool = pick(False, (True, False), "torch.compile the method's networks; eager fall-back if it fails")
+    bf16: bool = pick(False, (True, False), "bfloat16 autocast of the forward passes, on CUDA only (ignored on the CPU)")
+    fused_optimizer: bool = pick(False, (True, False), "the fused SGD kernel, where this torch has one for the device")
+    inference_mode_targets: bool = pick(False, (True, False),
+                                        "run the no-gradient target passes under torch.inference_mode")
+
+
+SECTIONS["speed"] = SpeedConfig  # registered here: SECTIONS is built above this class
+TOP_LEVEL.add("speed")

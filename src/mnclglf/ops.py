@@ -138,3 +138,46 @@ def mnclglf_loss(c1: torch.Tensor, c3: torch.Tensor, p1: torch.Tensor, p2: torch
     loss_s = (infonce(c1, p3, tau) + infonce(c3, p1, tau)) / 2
     loss_m = (infonce(z1, p2, tau) + infonce(z2, p1, tau)) / 2
     return loss_s + lam * loss_m, loss_s, loss_m
+
+
+def infonce_pk(p: torch.Tensor, k: torch.Tensor, tau: float) -> torch.Tensor:
+    """The released code's ``loss1`` with the predictions in the rows (Algorithm 1's ``L`` transposed).
+
+    ``p`` is (N, D), ``k`` is (s·N, D); both are L2-normalised here. For each of the ``s``
+    consecutive chunks of N rows of ``k``, the cross-entropy of ``p @ chunk.T / tau``
+    against labels 0..N-1 (a softmax over the chunk's rows); the mean over the chunks.
+    """
+    n = p.shape[0]
+    if k.shape[0] % n:
+        raise ValueError(f"k has {k.shape[0]} rows, not a multiple of p's {n}")
+    p = F.normalize(p, dim=1)
+    k = F.normalize(k, dim=1)
+    s = k.shape[0] // n
+    logits = (p @ k.view(s, n, -1).transpose(1, 2)) / tau  # (s, N, N): rows p, columns the chunk
+    labels = torch.arange(n, device=p.device).repeat(s)
+    return F.cross_entropy(logits.reshape(s * n, n), labels)
+
+
+def released_loss(p1: torch.Tensor, k1: torch.Tensor, p2: torch.Tensor, k2: torch.Tensor, p3: torch.Tensor,
+                  j3: torch.Tensor, j1: torch.Tensor, tau: float = 1.0, a: float = 6.0, loss_s_grad: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The released code's ``InfoNCE.forward``: ``(loss_total, loss_s, loss_m)``.
+
+    Arguments as the released code names them: ``p1, p2, p3`` the predictions of the three
+    views; ``k1, k2`` the (C(4,2)·N, D) projected combined-patch embeddings of x1 and x2
+    (the stop-gradient branch, always detached here); ``j3, j1`` the nearest neighbours of
+    the momentum embeddings of x3 and x1.
+
+    * loss_s (``loss1``): every chunk of k1 against p2 and every chunk of k2 against p1,
+      ``CE(normalize(p)·normalize(k)ᵀ / tau, arange(N))``, averaged over all the chunks
+      (12 for k = 2). The released code gathers p1, p2 through a detaching all-gather, so
+      loss_s carries no gradient; ``loss_s_grad=True`` lets it train.
+    * loss_m (``loss2``): ``0.5·NTXent(j3, p1) + 0.5·NTXent(j1, p3)`` (lightly's NT-Xent; the
+      released code hard-codes its temperature to 1, which is also its config's T).
+    * loss_total = loss_s + a·loss_m, ``a = 6`` hard-coded in the released code.
+    """
+    ps1, ps2 = (p1, p2) if loss_s_grad else (p1.detach(), p2.detach())
+    n1, n2 = k1.shape[0] // p2.shape[0], k2.shape[0] // p1.shape[0]
+    loss_s = (infonce_pk(ps2, k1.detach(), tau) * n1 + infonce_pk(ps1, k2.detach(), tau) * n2) / (n1 + n2)
+    loss_m = 0.5 * ntxent(j3, p1, tau) + 0.5 * ntxent(j1, p3, tau)
+    return loss_s + a * loss_m, loss_s, loss_m

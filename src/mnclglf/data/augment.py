@@ -19,7 +19,7 @@ from mnclglf.config import AugmentConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_GRAY = (0.299, 0.587, 0.114)
+_GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 
 
 def _uniform(n: int, low: float, high: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -202,7 +202,7 @@ class SSLAugment:
         x = batch.float().div_(255)
         boxes = crop_boxes(n, x.shape[2], x.shape[3], cfg.crop_scale, cfg.crop_ratio, gen, device)
         flip = torch.rand(n, generator=gen, device=device) < cfg.flip_p
-        x = resized_crop(x, boxes, self.size, flip).clamp_(0, 1)
+        x = resized_crop(x, boxes, self.size, flip, cfg.interpolation).clamp_(0, 1)
         jitter = torch.rand(n, generator=gen, device=device) < cfg.jitter_p
         x = color_jitter(x, cfg.jitter, jitter, gen)
         gray = torch.rand(n, generator=gen, device=device) < cfg.gray_p
@@ -218,26 +218,43 @@ class CropFlipAugment:
     """Linear-eval / supervised training augmentation: random resized crop and flip only."""
 
     def __init__(self, scale: tuple[float, float], flip_p: float, normalizer: Normalizer, size: int,
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> None:
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), mode: str = "bilinear") -> None:
         self.scale, self.ratio, self.flip_p = scale, ratio, flip_p
-        self.normalizer, self.size = normalizer, size
+        self.normalizer, self.size, self.mode = normalizer, size, mode
 
     def __call__(self, batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         n, device = batch.shape[0], batch.device
         x = batch.float().div_(255)
         boxes = crop_boxes(n, x.shape[2], x.shape[3], self.scale, self.ratio, gen, device)
         flip = torch.rand(n, generator=gen, device=device) < self.flip_p
-        return self.normalizer(resized_crop(x, boxes, self.size, flip).clamp_(0, 1))
+        return self.normalizer(resized_crop(x, boxes, self.size, flip, self.mode).clamp_(0, 1))
 
 
 class EvalTransform:
-    """Test-time transform: resize to ``size`` (if it differs) and normalise; no randomness."""
+    """Test-time transform, no randomness: resize, centre-crop, normalise.
 
-    def __init__(self, normalizer: Normalizer, size: int) -> None:
-        self.normalizer, self.size = normalizer, size
+    With ``resize`` = 0 the image is resized straight to ``size``² (if it differs);
+    otherwise its shorter side is resized to ``resize`` and the centre ``size``² crop is
+    kept (torchvision's ``Resize(resize)`` + ``CenterCrop(size)``).
+    """
+
+    def __init__(self, normalizer: Normalizer, size: int, resize: int = 0, mode: str = "bilinear") -> None:
+        self.normalizer, self.size, self.resize, self.mode = normalizer, size, resize, mode
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.float().div_(255)
-        if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+        h, w = x.shape[-2:]
+        if self.resize:
+            short = min(h, w)
+            out = (self.resize, int(self.resize * w / h)) if h == short else (int(self.resize * h / w), self.resize)
+        else:
+            out = (self.size, self.size)
+        if (h, w) != out:
+            x = F.interpolate(x, size=out, mode=self.mode, align_corners=False, antialias=True)
+            if self.mode == "bicubic":
+                x = x.clamp_(0, 1)
+        if self.resize:
+            top = int(round((out[0] - self.size) / 2.0))
+            left = int(round((out[1] - self.size) / 2.0))
+            x = x[..., top:top + self.size, left:left + self.size]
         return self.normalizer(x)

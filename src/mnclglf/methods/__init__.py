@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from mnclglf.config import RunConfig
+from mnclglf.config import RunConfig, base_method
 from mnclglf.errors import UserError
 from mnclglf.methods.base import Method, StepOutput
 
@@ -32,7 +32,8 @@ def method_class(name: str) -> type[Method]:
 
 
 def build_method(cfg: RunConfig, num_classes: int) -> Method:
-    return method_class(cfg.method)(cfg, num_classes)
+    """The method object of a run; variant runs (``mnclglf-released``) build their base method."""
+    return method_class(base_method(cfg.method))(cfg, num_classes)
 
 
 __all__ = ["Method", "StepOutput", "REGISTRY", "build_method", "method_class"]

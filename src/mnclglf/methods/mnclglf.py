@@ -10,6 +10,14 @@
 
 Choices the paper leaves open are parameters of ``MnclglfConfig`` and are written up
 in docs/FIDELITY.md.
+
+The ``released`` variant (the run ``mnclglf-released``) is the same class with other
+values of those parameters, one per difference of the authors' released code
+(docs/FIDELITY.md, ``mnclglf fidelity``): the stop-gradient network divides x1 and x2,
+the momentum network encodes x1 and x3 and only x3's batch is enqueued (tail-drop);
+column-major patches; loss_s on detached predictions with the predictions in the rows;
+loss_m = NT-Xent; the EMA update at the start of the step. With every parameter at its
+released value the loss is :func:`mnclglf.ops.released_loss`.
 """
 
 from __future__ import annotations
@@ -24,6 +32,13 @@ from mnclglf import ops
 from mnclglf.config import RunConfig
 from mnclglf.methods.base import Method, StepOutput
 from mnclglf.models.queue import Queue
+
+VIEW = {"x1": 0, "x2": 1, "x3": 2}
+
+
+def view_pair(spec: str) -> tuple[int, int]:
+    """``"x1x3"`` → (0, 2): the indices of a pair of views."""
+    return VIEW[spec[:2]], VIEW[spec[2:]]
 
 
 @contextlib.contextmanager
@@ -62,16 +77,22 @@ class MNCLGLF(Method):
         super().__init__(cfg, num_classes, projector=True, predictor=True)
         self.mc = cfg.mnclglf
         self.momentum = self.momentum_copy(self.backbone, self.projector)
-        self.queue = Queue(self.mc.queue_size, cfg.model.proj_out, overflow="wrap")
+        self.queue = Queue(self.mc.queue_size, cfg.model.proj_out, overflow=self.mc.queue_overflow)
         self._pending: torch.Tensor | None = None
+
+    def divide(self, x: torch.Tensor) -> torch.Tensor:
+        """The 2×2 split, patch-major; patches row-major (``ops.divide``) or column-major (the released split)."""
+        grid = self.mc.grid
+        if self.mc.patch_order == "column":
+            return ops.divide(x.transpose(2, 3), grid).transpose(2, 3).contiguous()
+        return ops.divide(x, grid)
 
     @torch.no_grad()
     def local_embeddings(self, x: torch.Tensor) -> torch.Tensor:
         """The stop-gradient network: divide, encode, combine, project (f_s = f_o's modules, no gradient)."""
         mc = self.mc
         with bn_stats_frozen(self, mc.sg_bn_stats == "frozen"), bn_eval(self, mc.sg_bn_batch == "running"):
-            patches = ops.divide(x, mc.grid)
-            v = ops.combine(self.backbone(patches), mc.k, parts=mc.grid * mc.grid)
+            v = ops.combine(self.backbone(self.divide(x)), mc.k, parts=mc.grid * mc.grid)
             assert self.projector is not None
             return self.projector(v)
 
@@ -79,27 +100,55 @@ class MNCLGLF(Method):
         """Block ``j`` of the C(4,k) combined blocks (Table 5's "one embedding" ablation)."""
         return c.view(-1, n, c.shape[1])[j]
 
-    def step(self, views: list[torch.Tensor], labels: torch.Tensor | None, gen: torch.Generator) -> StepOutput:
-        x1, x2, x3 = views
-        mc, n = self.mc, x1.shape[0]
+    def loss_s_term(self, c: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """One term of loss_s: the combined embeddings ``c`` of one view against the prediction ``p`` of the other."""
+        mc = self.mc
+        if not mc.loss_s_grad:
+            p = p.detach()
+        return ops.infonce(c, p, mc.tau) if mc.loss_s_rows == "target" else ops.infonce_pk(p, c, mc.tau)
+
+    def loss_m_term(self, z: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """One term of loss_m: the neighbour ``z`` of one momentum view against the prediction ``p`` of the other."""
+        mc = self.mc
+        return ops.infonce(z, p, mc.tau) if mc.loss_m == "infonce" else ops.ntxent(z, p, mc.tau)
+
+    def losses(self, views: list[torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """The forward passes and ``loss_total``, ``loss_s``, ``loss_m`` (not detached) and the collapse embedding.
+
+        Algorithm 1 with the views and terms the parameters pick: loss_s pairs the combined
+        embeddings of each stop-gradient view with the prediction of the other one, loss_m
+        the neighbour of each momentum view with the prediction of the other one.
+        """
+        mc, n = self.mc, views[0].shape[0]
         assert self.predictor is not None
-        e1 = self.project(x1)
-        p1, p2, p3 = self.predictor(e1), self.predictor(self.project(x2)), self.predictor(self.project(x3))
+        if mc.ema_timing == "before_targets":  # the released code: EMA first, then the targets
+            self.ema_update(mc.ema)
+        e = [self.project(x) for x in views]
+        p = [self.predictor(z) for z in e]
+        a, b = view_pair(mc.momentum_views)
         with torch.no_grad():
-            m1, m2 = self.momentum(x1), self.momentum(x2)
-            z1 = ops.nearest_neighbour(self.queue.bank, m1)
-            z2 = ops.nearest_neighbour(self.queue.bank, m2)
-        c1, c3 = self.local_embeddings(x1), self.local_embeddings(x3)
+            m = {i: self.momentum(views[i]) for i in (a, b)}
+            z = {i: ops.nearest_neighbour(self.queue.bank, m[i]) for i in (a, b)}  # both before any enqueue
+        s, t = view_pair(mc.sg_views)
+        c = {i: self.local_embeddings(views[i]) for i in (s, t)}
         if mc.combined_positive == "one":
             j = torch.randint(ops.n_combinations(mc.grid * mc.grid, mc.k), (), generator=gen, device=gen.device)
-            c1, c3 = self.pick_one(c1, n, j), self.pick_one(c3, n, j)
-        total, loss_s, loss_m = ops.mnclglf_loss(c1, c3, p1, p2, p3, z1, z2, mc.tau, mc.lam)
-        self._pending = z1 if mc.enqueue == "neighbour" else m1
-        return StepOutput(total, {"loss_s": loss_s.detach(), "loss_m": loss_m.detach()}, e1.detach())
+            c = {i: self.pick_one(ci, n, j) for i, ci in c.items()}
+        loss_s = (self.loss_s_term(c[s], p[t]) + self.loss_s_term(c[t], p[s])) / 2
+        loss_m = (self.loss_m_term(z[a], p[b]) + self.loss_m_term(z[b], p[a])) / 2
+        q = VIEW[mc.enqueue_view]
+        self._pending = z[q] if mc.enqueue == "neighbour" else m[q]
+        return {"loss": loss_s + mc.lam * loss_m, "loss_s": loss_s, "loss_m": loss_m, "embedding": e[0]}
+
+    def step(self, views: list[torch.Tensor], labels: torch.Tensor | None, gen: torch.Generator) -> StepOutput:
+        out = self.losses(views, gen)
+        return StepOutput(out["loss"], {"loss_s": out["loss_s"].detach(), "loss_m": out["loss_m"].detach()},
+                          out["embedding"].detach())
 
     def after_step(self) -> None:
-        """EMA update of f_m, then ``update_queue(Q, z1)``; f_s needs no update (it is f_o)."""
-        self.ema_update(self.mc.ema)
+        """EMA update of f_m (unless done before the targets), then ``update_queue``; f_s is f_o."""
+        if self.mc.ema_timing == "after_step":
+            self.ema_update(self.mc.ema)
         if self._pending is not None:
             self.queue.push(self._pending)
             self._pending = None

@@ -1,4 +1,10 @@
-"""Table 3 from the metrics files: ours beside the paper's, as CSV, Markdown and a rich table."""
+"""Table 3 from the metrics files: ours beside the paper's, as CSV, Markdown and a rich table.
+
+A variant run (``metrics/<dataset>/mnclglf-released/``) is a row of its method
+(``mnclglf``) with its variant (``released``) and no paper numbers: the paper's numbers
+belong to the paper's reading. A note under the Markdown table says what the released
+variant is.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from mnclglf.config import VARIANT_RUNS
 from mnclglf.errors import UserError
 from mnclglf.io import write_text
 
@@ -47,7 +54,9 @@ def table3_rows(metrics_root: Path, datasets: list[str], paper: dict[str, Any]) 
             pre = run_dir / "pretrain.json"
             extra = _read(pre) if pre.is_file() else {}
             method = res.get("method", method)
-            variant = extra.get("variant") or ""
+            variant = res.get("variant") or extra.get("variant") or ""
+            if method in VARIANT_RUNS:  # metrics written before the payload named the base method
+                method, variant = VARIANT_RUNS[method][0], variant or VARIANT_RUNS[method][1]
             ref = (paper.get("table3", {}).get(dataset, {}) or {}).get(method, {})
             if variant not in ("", "paper"):
                 ref = {}
@@ -56,6 +65,7 @@ def table3_rows(metrics_root: Path, datasets: list[str], paper: dict[str, Any]) 
                 "top1": res["top1"], "top5": res["top5"],
                 "paper_top1": ref.get("top1"), "paper_top5": ref.get("top5"),
                 "embedding_std_min_ratio": extra.get("embedding_std_min_ratio"),
+                "loss_s_grad": (extra.get("mnclglf") or {}).get("loss_s_grad"),
             })
     order = {name: i for i, name in enumerate(ROW_ORDER)}
     rows.sort(key=lambda r: (datasets.index(r["dataset"]), order.get(r["method"], len(order)), r["variant"]))
@@ -82,7 +92,21 @@ def _cell(ours: float, paper: float | None) -> str:
     return f"{ours:.2f} ({paper:.2f}, {ours - paper:+.2f})"
 
 
+def variant_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """One note per variant shown in the table (today: MNCLGLF ``released``)."""
+    released = [r for r in rows if r["method"] == "mnclglf" and r["variant"] == "released"]
+    if not released:
+        return []
+    trains = any(r.get("loss_s_grad") for r in released)
+    grad = ("run with `loss_s_grad: true`: loss_s trains, everything else is the released code"
+            if trains else "its loss_s carries no gradient (the predictions are detached), so only λ·loss_m trains "
+            "the network")
+    return [f"`mnclglf` / `released`: MNCLGLF as the authors' released code runs it (docs/FIDELITY.md, "
+            f"`mnclglf fidelity`); {grad}. It has no paper numbers: the paper's row is the `paper` variant."]
+
+
 def to_markdown(rows: list[dict[str, Any]], title: str, note: str) -> str:
+    note = "\n\n".join([note, *variant_notes(rows)])
     lines = [f"# {title}", "", note, "",
              "| dataset | method | variant | top-1 ours (paper, Δ) | top-5 ours (paper, Δ) | collapse monitor (min/initial) |",
              "|---|---|---|---|---|---|"]

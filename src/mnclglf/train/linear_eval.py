@@ -2,7 +2,10 @@
 
 The protocol of SimCLR, BYOL and SimSiam as the paper states it: LARS (momentum 0.9,
 weight decay 0), cosine lr 0.8 → 0, 90 epochs, batch 256, random-resized-crop + flip
-on the training split, top-1/top-5 on the test split.
+on the training split, top-1/top-5 on the test split. The input sizes follow the
+encoder's pretraining size unless ``train_size`` / ``test_resize`` / ``test_crop`` say
+otherwise (the released code: RandomResizedCrop(224) for training, Resize(256) +
+CenterCrop(224) for testing, both bicubic).
 """
 
 from __future__ import annotations
@@ -68,9 +71,9 @@ def linear_eval(encoder_path: Path, cfg: LinearEvalConfig, data_root: str, seed:
     train_x, train_y = (t.to(device) for t in load_split(data_root, dataset, "train"))
     test_x, test_y = (t.to(device) for t in load_split(data_root, dataset, "test"))
     normalizer = Normalizer(tuple(payload["normalize"]["mean"]), tuple(payload["normalize"]["std"]), device)
-    size = int(payload["image_size"])
-    augment = CropFlipAugment(cfg.crop_scale, cfg.flip_p, normalizer, size)
-    transform = EvalTransform(normalizer, size)
+    size = cfg.train_size or int(payload["image_size"])
+    augment = CropFlipAugment(cfg.crop_scale, cfg.flip_p, normalizer, size, mode=cfg.interpolation)
+    transform = EvalTransform(normalizer, cfg.test_crop or size, cfg.test_resize, cfg.interpolation)
     head = nn.Linear(encoder.out_dim, num_classes).to(device)
     nn.init.normal_(head.weight, 0.0, 0.01)
     nn.init.zeros_(head.bias)
@@ -109,7 +112,8 @@ def linear_eval(encoder_path: Path, cfg: LinearEvalConfig, data_root: str, seed:
             pbar.update(task, status=f"loss {row['train_loss']:.3f}")
     logger.close()
     result = evaluate(encoder, head, test_x, test_y, transform, 1024)
-    metrics = {"dataset": dataset, "method": payload["method"], "pretrain_epoch": payload["epoch"], **result,
+    metrics = {"dataset": dataset, "method": payload["method"], "variant": payload.get("variant"),
+               "run": payload.get("run", payload["method"]), "pretrain_epoch": payload["epoch"], **result,
                "epochs": cfg.epochs, "train_top1_last": row["train_top1"] if cfg.epochs else None,
                "wall_s": time.perf_counter() - start, "device": str(device)}
     write_json(metrics_path, metrics)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from mnclglf import ops
-from mnclglf.config import RunConfig, to_dict
+from mnclglf.config import RunConfig, base_method, to_dict
 from mnclglf.data.augment import CropFlipAugment, SSLAugment, make_normalizer
 from mnclglf.data.store import load_meta, load_split
 from mnclglf.errors import UserError
@@ -26,6 +26,7 @@ from mnclglf.io import write_json
 from mnclglf.methods import Method, build_method
 from mnclglf.models import ResNet18
 from mnclglf.train import checkpoint as ckpt
+from mnclglf.train.fast import apply_speed
 from mnclglf.train.env import batches, make_generator, pick_device, seed_everything
 from mnclglf.train.progress import bar
 from mnclglf.train.schedule import cosine_lr, set_lr
@@ -52,7 +53,17 @@ class Setup:
 
 def build_optimizer(cfg: RunConfig, method: Method) -> torch.optim.Optimizer:
     p = cfg.pretrain
-    return torch.optim.SGD(method.param_groups(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+    groups = method.param_groups()
+    if p.fixed_predictor_lr:  # the released scheduler: the predictor keeps its initial lr
+        for group in groups:
+            if group.get("name") == "predictor":
+                group["fixed_lr"] = True
+    return torch.optim.SGD(groups, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+
+
+def variant_of(cfg: RunConfig) -> str | None:
+    """The MNCLGLF variant label of a run (``paper``, ``released``); None for the other methods."""
+    return cfg.mnclglf.variant if base_method(cfg.method) == "mnclglf" else None
 
 
 def setup(cfg: RunConfig, images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Setup:
@@ -65,24 +76,27 @@ def setup(cfg: RunConfig, images: torch.Tensor, labels: torch.Tensor, num_classe
     normalizer = make_normalizer(cfg.augment.normalize, images, device)
     size = images.shape[-1]
     if method.uses_labels:
-        augment: Any = CropFlipAugment(cfg.augment.crop_scale, cfg.augment.flip_p, normalizer, cfg.augment.size or size)
+        augment: Any = CropFlipAugment(cfg.augment.crop_scale, cfg.augment.flip_p, normalizer, cfg.augment.size or size,
+                                       mode=cfg.augment.interpolation)
     else:
         augment = SSLAugment(cfg.augment, normalizer, size)
     gens = {"order": make_generator(torch.device("cpu"), cfg.seed), "augment": make_generator(device, cfg.seed + 1)}
     mean_std = (tuple(normalizer.mean.flatten().tolist()), tuple(normalizer.std.flatten().tolist()))
-    return Setup(cfg, device, images, labels, num_classes, method, build_optimizer(cfg, method), augment, gens, mean_std)
+    return apply_speed(Setup(cfg, device, images, labels, num_classes, method, build_optimizer(cfg, method), augment, gens, mean_std))
 
 
 def train_step(s: Setup, idx: torch.Tensor, step: int, total: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
     """One optimisation step on the batch ``idx``; returns device tensors only."""
     p = s.cfg.pretrain
-    lr = cosine_lr(step, total, p.lr, p.final_lr, getattr(p, "warmup_steps", 0))
+    lr = cosine_lr(step, total, p.lr, p.final_lr, p.warmup_steps)
     set_lr(s.optimizer, lr)
     x = s.images[idx]
     views = [s.augment(x, s.gens["augment"]) for _ in range(s.method.n_views)]
     out = s.method.step(views, s.labels[idx], s.gens["augment"])
     s.optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
+    if p.clip_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(s.method.parameters(), p.clip_grad_norm)
     s.optimizer.step()
     s.method.after_step()
     return out.loss.detach(), out.logs, out.embedding
@@ -100,10 +114,15 @@ def initial_embedding_std(s: Setup, bs: int) -> float | None:
 
 def encoder_payload(cfg: RunConfig, backbone: torch.nn.Module, epoch: int,
                     mean_std: tuple[tuple[float, ...], tuple[float, ...]], image_size: int) -> dict[str, Any]:
-    """What linear-eval reads: backbone weights, its architecture, and the input normalisation."""
+    """What linear-eval reads: backbone weights, its architecture, and the input normalisation.
+
+    ``method`` is the method built (``mnclglf`` for ``mnclglf-released``), ``run`` the run's
+    name (its runs/ and metrics/ folder), ``variant`` the MNCLGLF variant label.
+    """
     return {
         "backbone": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
-        "model": to_dict(cfg.model), "dataset": cfg.dataset, "method": cfg.method, "epoch": epoch,
+        "model": to_dict(cfg.model), "dataset": cfg.dataset, "method": base_method(cfg.method), "run": cfg.method,
+        "variant": variant_of(cfg), "epoch": epoch,
         "normalize": {"mean": list(mean_std[0]), "std": list(mean_std[1])},
         "image_size": cfg.augment.size or image_size,
     }
@@ -151,7 +170,8 @@ def pretrain(cfg: RunConfig, out_dir: Path, ckpt_dir: Path, metrics_path: Path, 
                 pbar.advance(task)
             dt = time.perf_counter() - t0
             entry = {"epoch": epoch, **{k: float(v) / steps_per_epoch for k, v in sums.items()},
-                     "lr": cosine_lr(epoch * steps_per_epoch - 1, total, cfg.pretrain.lr, cfg.pretrain.final_lr),
+                     "lr": cosine_lr(epoch * steps_per_epoch - 1, total, cfg.pretrain.lr, cfg.pretrain.final_lr,
+                                     cfg.pretrain.warmup_steps),
                      "images_per_s": steps_per_epoch * bs / dt}
             if entry["loss"] != entry["loss"]:
                 raise UserError(f"pretraining {cfg.method} on {cfg.dataset} diverged: loss is NaN at epoch {epoch}")
@@ -170,7 +190,8 @@ def pretrain(cfg: RunConfig, out_dir: Path, ckpt_dir: Path, metrics_path: Path, 
     ckpt.save(out_dir / ENCODER_FILE, encoder_payload(cfg, s.method.backbone, cfg.pretrain.epochs, s.mean_std, int(s.images.shape[-1])))
     stds = [h["embedding_std"] for h in history if "embedding_std" in h]
     summary = {
-        "dataset": cfg.dataset, "method": cfg.method, "variant": cfg.mnclglf.variant if cfg.method == "mnclglf" else None,
+        "dataset": cfg.dataset, "method": cfg.method, "variant": variant_of(cfg),
+        **({"mnclglf": to_dict(cfg.mnclglf)} if variant_of(cfg) else {}),
         "epochs": cfg.pretrain.epochs, "steps": total, "final_loss": history[-1]["loss"] if history else None,
         "embedding_std_init": init_std, "embedding_std_final": stds[-1] if stds else None,
         "embedding_std_min_ratio": (min(stds) / init_std) if stds and init_std else None,

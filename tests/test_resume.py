@@ -1,0 +1,106 @@
+"""A run killed mid-epoch resumes from its last checkpoint and ends with the same weights."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mnclglf import config
+from mnclglf.train import pretrain as pt
+
+
+class Crash(Exception):
+    pass
+
+
+def run(raw: dict, out: Path, crash_after_steps: int | None = None, monkeypatch=None) -> dict:
+    cfg = config.run_config(raw, "digits", "mnclglf")
+    if crash_after_steps is not None:
+        real = pt.train_step
+        calls = {"n": 0}
+
+        def crashing(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] > crash_after_steps:
+                raise Crash
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(pt, "train_step", crashing)
+        with pytest.raises(Crash):
+            pt.pretrain(cfg, out / "pre", out / "ckpt", out / "m.json", progress=False)
+        monkeypatch.setattr(pt, "train_step", real)
+        return {}
+    return pt.pretrain(cfg, out / "pre", out / "ckpt", out / "m.json", progress=False)
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out / "pre" / pt.ENCODER_FILE, weights_only=False)["backbone"]
+
+
+@pytest.fixture
+def resume_raw(tiny_raw: dict, digits_root: Path) -> dict:
+    tiny_raw["pretrain"] = {**tiny_raw["pretrain"], "epochs": 2, "batch_size": 128, "checkpoint_every": 1}
+    tiny_raw["mnclglf"] = {**tiny_raw["mnclglf"], "queue_size": 256}
+    return tiny_raw
+
+
+def test_crash_and_resume_equals_uninterrupted(resume_raw: dict, tmp_path: Path, monkeypatch) -> None:
+    torch.set_num_threads(1)
+    steps_per_epoch = 1437 // 128
+    straight = run(resume_raw, tmp_path / "a")
+    # Crash in the middle of epoch 2 (after epoch 1's checkpoint), then rerun the same command.
+    run(resume_raw, tmp_path / "b", crash_after_steps=steps_per_epoch + 2, monkeypatch=monkeypatch)
+    assert torch.load(tmp_path / "b" / "ckpt" / pt.CHECKPOINT_FILE, weights_only=False)["epoch"] == 1
+    resumed = run(resume_raw, tmp_path / "b")
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert straight["final_loss"] == resumed["final_loss"]
+    ca = torch.load(tmp_path / "a" / "ckpt" / pt.CHECKPOINT_FILE, weights_only=False)
+    cb = torch.load(tmp_path / "b" / "ckpt" / pt.CHECKPOINT_FILE, weights_only=False)
+    assert torch.equal(ca["method"]["queue.bank"], cb["method"]["queue.bank"])
+    assert [h["loss"] for h in ca["history"]] == [h["loss"] for h in cb["history"]]
+
+
+def test_checkpoint_of_another_configuration_is_not_resumed(resume_raw: dict, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    resume_raw["pretrain"]["epochs"] = 1
+    run(resume_raw, tmp_path)
+    resume_raw["mnclglf"] = {**resume_raw["mnclglf"], "lam": 2.0}
+    cfg = config.run_config(resume_raw, "digits", "mnclglf")
+    from mnclglf.train import checkpoint as ckpt
+
+    assert ckpt.load_if_matching(tmp_path / "ckpt" / pt.CHECKPOINT_FILE, ckpt.fingerprint(config.to_dict(cfg))) is None
+
+
+def test_sigkill_then_rerun_completes(resume_raw: dict, tmp_path: Path) -> None:
+    """A real SIGKILL of the CLI, then the same command: it resumes and finishes."""
+    resume_raw["pretrain"]["epochs"] = 3
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(resume_raw))
+    cmd = [sys.executable, "-m", "mnclglf", "pretrain", "--dataset", "digits", "--method", "mnclglf",
+           "--params", str(params), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt_file = tmp_path / "runs" / "digits" / "mnclglf" / "ckpt" / pt.CHECKPOINT_FILE
+    deadline = time.time() + 120
+    while not ckpt_file.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    killed = proc.poll() is None
+    if killed:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert torch.load(ckpt_file, weights_only=False)["epoch"] == 3
+    assert (tmp_path / "runs" / "digits" / "mnclglf" / "pretrain" / pt.ENCODER_FILE).is_file()
+    assert not list((tmp_path / "runs" / "digits" / "mnclglf" / "ckpt").glob("*.tmp"))
