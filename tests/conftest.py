@@ -12,8 +12,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-torch.set_num_threads(2)
-
 TINY: dict[str, Any] = {
     "seed": 0,
     "model": {"width": 0.125, "proj_hidden": 32, "proj_out": 32, "pred_hidden": 16},
@@ -22,6 +20,15 @@ TINY: dict[str, Any] = {
     "mnclglf": {"queue_size": 64},
     "linear_eval": {"epochs": 2, "batch_size": 32},
 }
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread per test: tiny tensors gain nothing from more, and CI's two cores stay free."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

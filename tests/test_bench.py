@@ -26,14 +26,6 @@ TINY = {"model": {"proj_hidden": 32, "proj_out": 32, "pred_hidden": 16}, "mnclgl
         "mocov2": {"queue_size": 32, "bn_groups": 2}, "nnclr": {"queue_size": 32}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_setup(method: str = "mnclglf", **mnclglf) -> pretrain.Setup:
     over = config.deep_merge(TINY, {"mnclglf": mnclglf, "pretrain": {"threads": 1}})
     cfg = bench.bench_config(method, "paper", SIZE, N, "cpu", "fp32", 0.125, "params.yaml", overrides=over)

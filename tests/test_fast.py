@@ -39,14 +39,6 @@ RAW = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_setup(method: str = "mnclglf", **speed: bool) -> pretrain.Setup:
     cfg = config.run_config(config.deep_merge(RAW, {"speed": speed}), "digits", method)
     gen = torch.Generator().manual_seed(0)

@@ -40,15 +40,6 @@ RAW = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two threads on a shared 2-core machine are ~100× slower than one for these tiny nets."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def cfg_for(name: str, **over) -> config.RunConfig:
     return config.run_config(config.deep_merge(RAW, over), "digits", name)
 

@@ -38,14 +38,6 @@ RAW = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def cfg_for(run: str = "mnclglf-released", **mnclglf) -> config.RunConfig:
     raw = copy.deepcopy(RAW)
     section = raw[run]["mnclglf"] if run in config.VARIANT_RUNS else raw["mnclglf"]
