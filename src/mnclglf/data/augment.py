@@ -135,7 +135,7 @@ def color_jitter(x: torch.Tensor, strength: tuple[float, float, float, float], a
         x = _blend(x, mean.expand_as(x), torch.where(op == 1, fc, one))
         x = _blend(x, _gray(x).expand_as(x), torch.where(op == 2, fs, one))
         shift = torch.where(op == 3, fh, torch.zeros_like(fh))
-        if hue > 0 and bool((op == 3).any()):
+        if hue > 0:  # no data-dependent skip: checking `(op == 3).any()` would sync the host with the GPU
             hsv = _rgb_to_hsv(x)
             hsv = torch.stack([(hsv[:, 0] + shift.view(-1, 1, 1)) % 1.0, hsv[:, 1], hsv[:, 2]], 1)
             x = torch.where((op == 3).view(-1, 1, 1, 1), _hsv_to_rgb(hsv), x)
