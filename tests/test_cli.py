@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from mnclglf.cli import main
 
-COMMANDS = ["download", "pretrain", "linear-eval", "supervised", "tabulate"]
+COMMANDS = sorted(main.commands)
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -245,8 +245,10 @@ def write_summary(metrics_root: Path | str, profile_name: str, profile_datasets:
               help="Tolerance of the verdicts in the summary, percentage points.")
 @click.option("--paper", "paper_file", default="results/paper.yaml", show_default=True,
               type=click.Path(dir_okay=False), help="The paper's numbers.")
-@click.option("--metrics", "metrics_root", default="metrics", show_default=True, type=click.Path(file_okay=False))
-@click.option("--runs", "runs_root", default="runs", show_default=True, type=click.Path(file_okay=False))
+@click.option("--metrics", "metrics_root", default="metrics", show_default=True, type=click.Path(file_okay=False),
+              help="Folder of the stages' metrics files.")
+@click.option("--runs", "runs_root", default="runs", show_default=True, type=click.Path(file_okay=False),
+              help="Folder of the runs (DVCLive curves for the plots).")
 @click.option("--params", "params_file", default="params.yaml", show_default=True,
               type=click.Path(dir_okay=False), help="Parameter file (the profile) to read.")
 def report_command(profile: str, tolerance: float, paper_file: str, metrics_root: str, runs_root: str,
