@@ -13,22 +13,30 @@ import torch
 import torch.nn.functional as F
 
 
+def _chunk_logits(h: torch.Tensor, p: torch.Tensor, tau: float) -> torch.Tensor:
+    """(s, N, N) cosine logits ``chunk @ p.T / tau`` of the s chunks of N rows of ``h``."""
+    n = p.shape[0]
+    if h.shape[0] % n:
+        raise ValueError(f"{h.shape[0]} rows are not a multiple of the other side's {n}")
+    h = F.normalize(h, dim=1)
+    p = F.normalize(p, dim=1)
+    return (h.view(h.shape[0] // n, n, -1) @ p.T) / tau
+
+
+def _diagonal_ce(logits: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of (s, N, N) logits against labels 0..N-1 (the diagonal)."""
+    s, n, _ = logits.shape
+    return F.cross_entropy(logits.reshape(s * n, n), torch.arange(n, device=logits.device).repeat(s))
+
+
 def infonce(h: torch.Tensor, p: torch.Tensor, tau: float) -> torch.Tensor:
     """Algorithm 1's ``L(h, p)``.
 
-    ``h`` is (s·N, D), ``p`` is (N, D); both are L2-normalised here. For each of the
-    ``s`` consecutive chunks of N rows of ``h``, the cross-entropy of
-    ``chunk @ p.T / tau`` against labels 0..N-1; the mean over the chunks.
+    ``h`` is (s·N, D), ``p`` is (N, D); both are L2-normalised here. For each of the ``s``
+    consecutive chunks of N rows of ``h``, the cross-entropy of ``chunk @ p.T / tau``
+    against labels 0..N-1; the mean over the chunks.
     """
-    n = p.shape[0]
-    if h.shape[0] % n:
-        raise ValueError(f"h has {h.shape[0]} rows, not a multiple of p's {n}")
-    h = F.normalize(h, dim=1)
-    p = F.normalize(p, dim=1)
-    s = h.shape[0] // n
-    logits = (h.view(s, n, -1) @ p.T) / tau
-    labels = torch.arange(n, device=p.device).repeat(s)
-    return F.cross_entropy(logits.reshape(s * n, n), labels)
+    return _diagonal_ce(_chunk_logits(h, p, tau))
 
 
 def divide(x: torch.Tensor, grid: int = 2) -> torch.Tensor:
@@ -147,15 +155,7 @@ def infonce_pk(p: torch.Tensor, k: torch.Tensor, tau: float) -> torch.Tensor:
     consecutive chunks of N rows of ``k``, the cross-entropy of ``p @ chunk.T / tau``
     against labels 0..N-1 (a softmax over the chunk's rows); the mean over the chunks.
     """
-    n = p.shape[0]
-    if k.shape[0] % n:
-        raise ValueError(f"k has {k.shape[0]} rows, not a multiple of p's {n}")
-    p = F.normalize(p, dim=1)
-    k = F.normalize(k, dim=1)
-    s = k.shape[0] // n
-    logits = (p @ k.view(s, n, -1).transpose(1, 2)) / tau  # (s, N, N): rows p, columns the chunk
-    labels = torch.arange(n, device=p.device).repeat(s)
-    return F.cross_entropy(logits.reshape(s * n, n), labels)
+    return _diagonal_ce(_chunk_logits(k, p, tau).transpose(1, 2))
 
 
 def released_loss(p1: torch.Tensor, k1: torch.Tensor, p2: torch.Tensor, k2: torch.Tensor, p3: torch.Tensor,
