@@ -69,10 +69,13 @@ def combine(v: torch.Tensor, k: int, parts: int = 4) -> torch.Tensor:
     combos = combinations(parts, k)
     if v.shape[0] % parts:
         raise ValueError(f"v has {v.shape[0]} rows, not a multiple of parts={parts}")
-    blocks = v.view(parts, v.shape[0] // parts, *v.shape[1:])
-    # One gather + mean instead of a Python loop over C(parts, k) combinations.
-    index = torch.tensor(combos, device=v.device)
-    return blocks[index].mean(dim=1).reshape(len(combos) * blocks.shape[1], *v.shape[1:])
+    n = v.shape[0] // parts
+    # One (C, parts) averaging matrix: a matmul is fast and, unlike a gather whose backward
+    # accumulates with index_add, has a deterministic gradient on every device.
+    weights = torch.zeros(len(combos), parts, dtype=v.dtype, device=v.device)
+    for j, combo in enumerate(combos):
+        weights[j, list(combo)] = 1.0 / k
+    return (weights @ v.reshape(parts, -1)).reshape(len(combos) * n, *v.shape[1:])
 
 
 def n_combinations(parts: int, k: int) -> int:
