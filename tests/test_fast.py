@@ -153,12 +153,12 @@ def test_wrappers_follow_a_deepcopy():
     s = make_setup(channels_last=True, inference_mode_targets=True)
     s.method.step = fast.AutocastStep(s.method.step, "cpu")  # a stacked wrapper, as bf16 on CUDA makes
     before = {k: v.clone() for k, v in s.method.state_dict().items()}
-    pending = s.method._pending
+    pending = list(s.method._deferred_pushes)
     std = pretrain.initial_embedding_std(s, N)
     assert std is not None and std > 0
     for k, v in s.method.state_dict().items():
         assert torch.equal(v, before[k]), k
-    assert s.method._pending is pending
+    assert s.method._deferred_pushes == pending
     clone = copy.deepcopy(s.method)
     assert clone.step.inner.__self__ is clone
     assert clone.momentum.forward.module is clone.momentum

@@ -257,8 +257,7 @@ def count_step_flops(s: Any, idx: torch.Tensor) -> dict[str, int]:
         out = type(s.method).step(s.method, views, s.labels[idx], gen)
         out.loss.backward()
     s.optimizer.zero_grad(set_to_none=True)
-    if hasattr(s.method, "_pending"):
-        s.method._pending = None
+    s.method.discard_pushes()
     was_training = s.method.backbone.training
     s.method.backbone.eval()
     with FlopCounterMode(display=False) as enc_counter, torch.no_grad():

@@ -151,14 +151,21 @@ def _unpack_zip(archive: Path, dest: Path, max_total_bytes: int, max_members: in
             written = 0
             for info in infos:
                 written = _write_zip_member(archive, zf, info, dest, written, max_total_bytes)
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError) as exc:
         raise UserError(f"{archive}: corrupt or unsupported zip archive ({exc})") from exc
     except OSError as exc:
         raise UserError(f"{archive}: extraction failed ({exc})") from exc
 
 
+# Compression methods Python's zipfile can read (bzip2 and lzma only when their modules exist).
+_ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2",
+                zipfile.ZIP_LZMA: "lzma"}
+
+
 def _check_zip_member(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
     name = info.filename
+    if info.compress_type not in _ZIP_METHODS:
+        raise _refused(archive, name, f"unsupported compression method {info.compress_type}")
     if "\x00" in name:
         raise _refused(archive, name, "NUL byte in the name")
     if name.startswith(("/", "\\")) or _has_drive(name):

@@ -17,6 +17,7 @@ from torch import nn
 from mnclglf import ops
 from mnclglf.config import RunConfig
 from mnclglf.models import Predictor, Projector, ResNet18
+from mnclglf.models.queue import Queue
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Method(nn.Module, abc.ABC):
         self.projector = Projector(self.backbone.out_dim, m.proj_hidden, m.proj_out) if projector else None
         self.predictor = Predictor(m.proj_out, m.pred_hidden) if predictor else None
         self._momentum_pairs: list[tuple[nn.Module, nn.Module]] = []
+        self._deferred_pushes: list[tuple[Queue, torch.Tensor]] = []
 
     # -- building blocks -------------------------------------------------------------
     def momentum_copy(self, *modules: nn.Module) -> nn.Module:
@@ -59,6 +61,19 @@ class Method(nn.Module, abc.ABC):
         for online, target in self._momentum_pairs:
             ops.ema_(list(target.parameters()), list(online.parameters()), m)
 
+    def push_after_step(self, queue: Queue, z: torch.Tensor) -> None:
+        """Enqueue ``z`` once the optimiser has stepped, so this step's loss sees the queue as it was."""
+        self._deferred_pushes.append((queue, z.detach()))
+
+    def flush_pushes(self) -> None:
+        for queue, z in self._deferred_pushes:
+            queue.push(z)
+        self.discard_pushes()
+
+    def discard_pushes(self) -> None:
+        """Forget pushes of a step that will not be applied (e.g. a benchmark's measurement step)."""
+        self._deferred_pushes.clear()
+
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """g(f(x)) of the back-propagation network."""
         assert self.projector is not None
@@ -70,7 +85,8 @@ class Method(nn.Module, abc.ABC):
         """One training step's forward passes and loss, from ``n_views`` augmented views."""
 
     def after_step(self) -> None:
-        """Called after each optimiser step (EMA updates and queue pushes live here)."""
+        """Called after each optimiser step: EMA updates (in subclasses), then the deferred queue pushes."""
+        self.flush_pushes()
 
     def param_groups(self) -> list[dict]:
         """Optimiser groups; ``fixed_lr`` groups keep their initial lr (the released predictor)."""

@@ -78,7 +78,6 @@ class MNCLGLF(Method):
         self.mc = cfg.mnclglf
         self.momentum = self.momentum_copy(self.backbone, self.projector)
         self.queue = Queue(self.mc.queue_size, cfg.model.proj_out, overflow=self.mc.queue_overflow)
-        self._pending: torch.Tensor | None = None
 
     def divide(self, x: torch.Tensor) -> torch.Tensor:
         """The 2×2 split, patch-major; patches row-major (``ops.divide``) or column-major (the released split)."""
@@ -137,7 +136,7 @@ class MNCLGLF(Method):
         loss_s = (self.loss_s_term(c[s], p[t]) + self.loss_s_term(c[t], p[s])) / 2
         loss_m = (self.loss_m_term(z[a], p[b]) + self.loss_m_term(z[b], p[a])) / 2
         q = VIEW[mc.enqueue_view]
-        self._pending = z[q] if mc.enqueue == "neighbour" else m[q]
+        self.push_after_step(self.queue, z[q] if mc.enqueue == "neighbour" else m[q])  # update_queue(Q, ·)
         return {"loss": loss_s + mc.lam * loss_m, "loss_s": loss_s, "loss_m": loss_m, "embedding": e[0]}
 
     def step(self, views: list[torch.Tensor], labels: torch.Tensor | None, gen: torch.Generator) -> StepOutput:
@@ -149,6 +148,4 @@ class MNCLGLF(Method):
         """EMA update of f_m (unless done before the targets), then ``update_queue``; f_s is f_o."""
         if self.mc.ema_timing == "after_step":
             self.ema_update(self.mc.ema)
-        if self._pending is not None:
-            self.queue.push(self._pending)
-            self._pending = None
+        super().after_step()

@@ -62,7 +62,6 @@ class MoCoV2(Method):
                             f"{groups} equal groups of at least 2")
         self.key_encoder = self.momentum_copy(self.backbone, self.projector)
         self.queue = Queue(self.mc.queue_size, cfg.model.proj_out, overflow="wrap")
-        self._pending: torch.Tensor | None = None
 
     def step(self, views: list[torch.Tensor], labels: torch.Tensor | None, gen: torch.Generator) -> StepOutput:
         x_q, x_k = views
@@ -72,12 +71,10 @@ class MoCoV2(Method):
             perm = torch.randperm(x_k.shape[0], generator=gen, device=gen.device) if self.mc.shuffle_bn else None
             k = F.normalize(grouped_forward(self.key_encoder, x_k, groups, perm), dim=1)
         loss = ops.moco_infonce(q, k, self.queue.bank, self.mc.tau)
-        self._pending = k
+        self.push_after_step(self.queue, k)
         return StepOutput(loss, {}, q.detach())
 
     def after_step(self) -> None:
         """Momentum update of the key encoder, then enqueue this step's keys (dequeue the oldest)."""
         self.ema_update(self.mc.ema)
-        if self._pending is not None:
-            self.queue.push(self._pending)
-            self._pending = None
+        super().after_step()

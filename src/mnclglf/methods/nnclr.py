@@ -24,7 +24,6 @@ class NNCLR(Method):
         super().__init__(cfg, num_classes, projector=True, predictor=True)
         self.tau = cfg.nnclr.tau
         self.queue = Queue(cfg.nnclr.queue_size, cfg.model.proj_out, overflow="wrap")
-        self._pending: torch.Tensor | None = None
 
     def step(self, views: list[torch.Tensor], labels: torch.Tensor | None, gen: torch.Generator) -> StepOutput:
         assert self.predictor is not None
@@ -33,11 +32,5 @@ class NNCLR(Method):
         with torch.no_grad():
             nn1, nn2 = ops.nearest_neighbour(self.queue.bank, z1), ops.nearest_neighbour(self.queue.bank, z2)
         l12, l21 = ops.infonce(nn1, p2, self.tau), ops.infonce(nn2, p1, self.tau)
-        self._pending = z1.detach()
+        self.push_after_step(self.queue, z1)
         return StepOutput(l12 / 2 + l21 / 2, {"loss_12": l12.detach(), "loss_21": l21.detach()}, z1.detach())
-
-    def after_step(self) -> None:
-        """``update_queue(Q, z1)``: the view-1 projections of the step just taken."""
-        if self._pending is not None:
-            self.queue.push(self._pending)
-            self._pending = None
