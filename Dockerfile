@@ -12,8 +12,10 @@
 # Base: NVIDIA's CUDA 13.0.3 "base" image (CUDA runtime and compat libraries only: no cuDNN,
 # no cuBLAS). The torch wheels of requirements.lock bring their own CUDA 13 libraries and
 # cuDNN, so nothing is installed twice. Tag for the reader, digest for the builder.
-# Digest source: the multi-arch reference quoted in hfyeomans/deepseek-v4-flash-nvfp4-tp2
-# (docs, "Check GPU access inside Docker"); re-check with
+# Digest source: the same tag@digest pair is pinned by two unrelated public projects (the docs of
+# hfyeomans/deepseek-v4-flash-nvfp4-tp2, and an offline verification script of an NVIDIA Dynamo
+# snapshot build: `ARG AGENT_BASE_IMAGE=...`). It was not checked against the registry (no network
+# where this was written); re-check with
 #   docker buildx imagetools inspect nvidia/cuda:13.0.3-base-ubuntu22.04
 # CUDA 13 needs an NVIDIA driver >= 580 on the host.
 FROM nvidia/cuda:13.0.3-base-ubuntu22.04@sha256:73ab6dfb3814a5097cd456736e70650ef9dc72343be4117d0400de78168760fe

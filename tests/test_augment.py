@@ -50,11 +50,46 @@ def test_color_ops_match_torchvision() -> None:
 
 def test_hue_roundtrip_and_shift_matches_torchvision() -> None:
     x = torch.rand(3, 3, 5, 5)
-    torch.testing.assert_close(A._hsv_to_rgb(A._rgb_to_hsv(x)), x, atol=1e-5, rtol=1e-5)
-    hsv = A._rgb_to_hsv(x)
-    shifted = A._hsv_to_rgb(torch.stack([(hsv[:, 0] + 0.2) % 1.0, hsv[:, 1], hsv[:, 2]], 1))
+    torch.testing.assert_close(A._hsv_to_rgb(*A._rgb_to_hsv(x)), x, atol=1e-5, rtol=1e-5)
+    shifted = A._hue(x, torch.full((3,), 0.2))
     ref = torch.stack([TF.adjust_hue(x[i], 0.2) for i in range(3)])
     torch.testing.assert_close(shifted, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("subset", [True, False])
+def test_color_jitter_is_torchvision_in_the_drawn_order(subset: bool) -> None:
+    """Each jittered sample gets torchvision's four adjustments, in its own drawn order, on either path."""
+    n, strength = 24, (0.4, 0.4, 0.4, 0.1)
+    x = torch.rand(n, 3, 6, 6)
+    apply = torch.rand(n, generator=torch.Generator().manual_seed(1)) < 0.8
+    out = A.color_jitter(x, strength, apply, torch.Generator().manual_seed(2), subset=subset)
+    g = torch.Generator().manual_seed(2)  # the same draws, in the same order
+    factors = [torch.rand(n, generator=g) * 0.8 + 0.6 for _ in range(3)] + [torch.rand(n, generator=g) * 0.2 - 0.1]
+    order = torch.rand(n, 4, generator=g).argsort(1)
+    adjust = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    for i in range(n):
+        ref = x[i]
+        for k in order[i].tolist() if apply[i] else ():
+            ref = adjust[k](ref, float(factors[k][i]))
+        torch.testing.assert_close(out[i], ref, atol=1e-4, rtol=1e-4)
+    assert torch.equal(out[~apply], x[~apply])
+
+
+def test_subset_path_equals_whole_batch_path() -> None:
+    """Index-selecting the samples each op applies to (the CPU path) gives the views of the GPU's
+    sync-free whole-batch path, bit for bit, and leaves the generator in the same state."""
+    images = torch.randint(0, 256, (37, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for cfg in (AugmentConfig(), AugmentConfig(jitter=(0.4, 0.4, 0.4, 0.0), gray_p=0.5, blur_p=1.0),
+                AugmentConfig(jitter_p=1.0, gray_p=0.0, blur_p=0.0)):
+        views, states = [], []
+        for subset in (True, False):
+            aug = A.SSLAugment(cfg, A.make_normalizer("dataset", images, torch.device("cpu")), 16)
+            aug.subset = subset
+            g = torch.Generator().manual_seed(5)
+            views.append(torch.cat([aug(images, g), aug(images[:1], g)]))
+            states.append(g.get_state())
+        assert torch.equal(views[0], views[1])
+        assert torch.equal(states[0], states[1])
 
 
 def test_blur_matches_torchvision_per_sample_sigma() -> None:

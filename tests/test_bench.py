@@ -107,7 +107,9 @@ def test_flops_mnclglf_counts_all_networks():
     from torch.utils.flop_counter import FlopCounterMode
 
     s = tiny_setup()
+    threads = torch.get_num_threads()
     counts = bench.count_step_flops(s, torch.arange(N))
+    assert torch.get_num_threads() == threads  # counted on one thread, the setting restored
     flops, aug = counts["step"], counts["augment"]
     x = s.augment(s.images[:N], torch.Generator().manual_seed(0))
     with FlopCounterMode(display=False) as fc, torch.no_grad():
@@ -160,6 +162,10 @@ def test_write_json_append_replaces_the_same_run(tmp_path):
     bench.write_json(path, newer, append=True)
     runs = json.loads(path.read_text())["runs"]
     assert [(r["config"]["run"], r["step"]["ms_median"]) for r in runs] == [("byol", 1.0), ("simclr", 2.0)]
+    longer = copy.deepcopy(run)
+    longer["config"]["steps"] = 4  # more timed steps: another run, kept beside
+    bench.write_json(path, longer, append=True)
+    assert len(json.loads(path.read_text())["runs"]) == 3
     bench.write_json(path, run)  # without append: the file holds this run only
     assert len(json.loads(path.read_text())["runs"]) == 1
 
@@ -173,9 +179,9 @@ BENCH_SCRIPT = textwrap.dedent("""
     from mnclglf import bench
     tiny = {tiny!r}
     rows = []
-    for method in ("mnclglf", "simclr"):
+    for method, pil_images in (("mnclglf", 3), ("simclr", None)):
         r = bench.run_bench(method, "paper", 32, 16, 16, 4, 8, "cpu", "fp32", 0.125, 2, 1, "params.yaml",
-                            overrides=tiny, aug_reps=2, pil_reps=1)
+                            overrides=tiny, aug_reps=2, pil_reps=1, pil_images=pil_images)
         bench.write_json({out!r}, r, append=True)
         bench.render(r)
         rows.append(r)
@@ -201,5 +207,7 @@ def test_bench_runs_without_dvc(tmp_path):
         a = r["augment"]
         assert a["batched"]["n"] == 2 and a["pil_v1"]["n"] == 1 and a["pil_v2"]["n"] == 1
         assert a["speedup_vs_best_pil"] > 0
+        assert a["pil_v1"]["images_per_s"] == pytest.approx(3 * 8 / a["pil_v1"]["ms_median"] * 1e3)  # per batch
         assert r["config"]["precision_effective"] == "fp32"
         assert r["device"]["type"] == "cpu"
+    assert m["augment"]["pil_v1"]["images_timed"] == 3 and c["augment"]["pil_v1"]["images_timed"] == 8

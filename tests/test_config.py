@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,38 @@ def test_overrides_apply_to_one_dataset_only() -> None:
     digits = config.run_config(raw, "digits", "mnclglf")
     cifar = config.run_config(raw, "cifar10", "mnclglf")
     assert digits.model.width < 1.0 and cifar.model.width == 1.0
+
+
+def test_ablation_and_seed_run_names() -> None:
+    raw = config.read_params(ROOT / "params.yaml")
+    main = config.run_config(raw, "cifar10", "mnclglf")
+    assert config.run_config(raw, "cifar10", "mnclglf-lam4").mnclglf.lam == 4.0
+    assert config.run_config(raw, "cifar10", "mnclglf-k3").mnclglf.k == 3
+    one = config.run_config(raw, "cifar10", "mnclglf-one")
+    assert one.mnclglf.combined_positive == "one" and one.mnclglf.lam == main.mnclglf.lam
+    seeded = config.run_config(raw, "cifar10", "mnclglf-lam2-seed5")
+    assert (seeded.seed, seeded.mnclglf.lam, seeded.method) == (5, 2.0, "mnclglf-lam2-seed5")
+    assert config.base_method("mnclglf-released-seed1") == "mnclglf"
+    assert config.run_config(raw, "cifar10", "mnclglf-released-seed1").mnclglf.variant == "released"
+    with pytest.raises(UserError, match="mnclglf-k5.*expected one of"):
+        config.check_run("mnclglf-k5x")
+    with pytest.raises(UserError, match="mnclglf.k = 5"):
+        config.run_config(raw, "cifar10", "mnclglf-k5")
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("ablations", {"lam": [2, 6]}, "6 is the main run's mnclglf.lam"),
+    ("ablations", {"k": [1, 1]}, "listed twice"),
+    ("ablations", {"lam": [2.0]}, "write 2, not 2.0"),
+    ("ablations", {"k": [1.5]}, "not an integer"),
+    ("ablations", {"table5_runs": ["nope"]}, "method = 'nope'"),
+    ("repeat_seeds", [0, 1], "repeat_seeds: 0 is `seed`"),
+    ("ablation_datasets", ["mnist"], "ablation_datasets: unknown value 'mnist'"),
+    ("datasets", ["cifar100"], "ablation_datasets: 'cifar10' is not in `datasets`"),
+])
+def test_bad_ablation_and_seed_lists(tmp_path: Path, key: str, value: object, needle: str) -> None:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw[key] = value
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError, match=re.escape(needle)):
+        config.read_params(tmp_path / "p.yaml")

@@ -55,3 +55,11 @@ def test_docs_table_is_the_generated_one() -> None:
     docs = [ROOT / "docs" / name for name in ("FIDELITY.md",)]
     table = fidelity.to_markdown(fidelity.fidelity_rows(RAW))
     assert any(p.is_file() and table in p.read_text() for p in docs), "regenerate: mnclglf fidelity --markdown"
+
+
+def test_profile_hook_keys_are_exempt_only_where_the_hook_sets_them() -> None:
+    assert {"pretrain.batch_size", "pretrain.lr", "augment.size"} <= fidelity.profile_hook_keys(RAW, "digits")
+    assert fidelity.profile_hook_keys(RAW, "cifar10") == set()
+    raw = {**RAW, "mnclglf-released": {**RAW["mnclglf-released"],
+                                        "pretrain": {**RAW["mnclglf-released"]["pretrain"], "momentum": 0.5}}}
+    assert fidelity.undocumented(raw, "cifar10") == ["pretrain.momentum"]

@@ -156,8 +156,11 @@ def test_smoke_hook_shrinks_only_the_released_run() -> None:
     cfg = config.run_config(PARAMS, "digits", "mnclglf-released")
     le = config.linear_eval_config(PARAMS, "digits", "mnclglf-released")
     assert (cfg.augment.size, cfg.model.width, cfg.mnclglf.queue_size) == (32, 0.125, 1024)
-    assert (le.train_size, le.test_resize, le.test_crop, le.epochs) == (32, 36, 32, 30)
-    assert config.run_config(PARAMS, "digits", "mnclglf").augment.size == 0
+    assert (le.train_size, le.test_resize, le.test_crop, le.epochs) == (32, 36, 32, 100)
+    assert (cfg.pretrain.batch_size, cfg.pretrain.lr) == (128, 0.1)
+    paper = config.run_config(PARAMS, "digits", "mnclglf")
+    assert (paper.augment.size, paper.pretrain.batch_size, paper.pretrain.lr) == (0, 64, 0.3)
+    assert config.run_config(PARAMS, "cifar10", "mnclglf-released").pretrain.batch_size == 256
 
 
 @pytest.mark.parametrize(("edit", "needle"), [

@@ -132,7 +132,7 @@ def test_ablation_tables_paper_profile(tmp_path: Path) -> None:
     # known values: λ=2 at 88.00, k=4 top-5 at 99.00, MNCLGLF(one) at 100e at 86.47 (−1.00)
     (metrics / "cifar10" / "mnclglf-lam2" / "linear.json").write_text(json.dumps({"top1": 88.0, "top5": 99.0}))
     (metrics / "cifar10" / "mnclglf-k4" / "linear.json").write_text(json.dumps({"top1": 89.61, "top5": 99.0}))
-    (metrics / "cifar10" / "mnclglf-one" / "linear_e100.json").write_text(
+    (metrics / "cifar10" / "mnclglf-one" / "epochs" / "linear_e100.json").write_text(
         json.dumps({"top1": 86.47, "top5": 99.0, "pretrain_epoch": 100}))
     out = tmp_path / "results"
     res = write_all_tables(metrics, "paper", ["cifar10", "cifar100", "tinyimagenet"], "cifar10", PAPER, out, None)
@@ -297,7 +297,7 @@ def test_summary_paper_profile(tmp_path: Path) -> None:
     _env(metrics / "cifar10" / "mnclglf" / "env_pretrain.json", 7200, 1)
     _env(metrics / "cifar10" / "mnclglf" / "env_linear.json", 1800, 1)
     _env(metrics / "cifar10" / "mnclglf-lam2" / "env_pretrain.json", 3600, 2)
-    _env(metrics / "cifar10" / "nnclr" / "env_linear_e50.json", 360, 1)
+    _env(metrics / "cifar10" / "nnclr" / "epochs" / "env_linear.json", 360, 1)
     out = tmp_path / "results"
     write_all_tables(metrics, "paper", ["cifar10", "cifar100", "tinyimagenet"], "cifar10", PAPER, out, None)
     verify(metrics, PAPER, 0.5, out_dir=out)

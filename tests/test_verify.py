@@ -68,7 +68,7 @@ def build_tree(root: Path, paper: dict[str, Any] | None = None, *, datasets: lis
                     if run == "mnclglf-one":
                         lin(ds, run, v)
                 else:
-                    lin(ds, run, v, fname=f"linear_e{ep}.json", epoch=ep)
+                    lin(ds, run, v, fname=f"epochs/linear_e{ep}.json", epoch=ep)
         for k, v in paper["table6"].items():
             if k != 2:
                 lin(ds, f"mnclglf-k{k}", v["top1"], v["top5"])
@@ -119,7 +119,7 @@ def test_missing_cell_is_never_a_pass(tmp_path: Path) -> None:
     metrics = build_tree(tmp_path / "metrics")
     (metrics / "cifar10" / "mnclglf-lam8" / "linear.json").unlink()
     (metrics / "tinyimagenet" / "byol" / "linear.json").unlink()
-    (metrics / "cifar10" / "nnclr" / "linear_e100.json").unlink()
+    (metrics / "cifar10" / "nnclr" / "epochs" / "linear_e100.json").unlink()
     res = _run_cli(tmp_path, metrics, "--tolerance", "100")  # any value would pass
     assert res.exit_code == 1, res.output
     assert "missing" in res.output

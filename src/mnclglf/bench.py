@@ -6,7 +6,8 @@ images held on the device, :func:`run_bench` times after warm-up, synchronising 
 * **augment** — three views of a batch by the package's batched augmentation
   (``data.augment.SSLAugment``, the training path), and the same three views by the
   per-image torchvision pipeline most SSL code uses (v1 and v2 transforms on PIL images,
-  single process, the same parameters); their ratio is measured, not assumed;
+  single process, the same parameters; on the CPU timed on 16 of the batch's images and
+  scaled to the batch), repetitions interleaved; their ratio is measured, not assumed;
 * **step** — a full training step through ``pretrain.setup`` + ``pretrain.train_step``
   (augmentation, forward, backward, optimiser, EMA, queue), with the ``speed`` fast paths
   of the configuration; images/s, ms per step, peak memory, the model FLOPs per image
@@ -28,7 +29,9 @@ import os
 import platform
 import re
 import resource
+import shlex
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -52,8 +55,13 @@ PEAK_BF16: tuple[tuple[str, float], ...] = (
     ("L40S", 362e12),
     ("RTX 3090", 71e12),  # tensor cores, fp16/bf16 inputs with fp32 accumulation
 )
-CPU_DEFAULTS = {"batch_size": 64, "steps": 1, "warmup": 0, "aug_reps": 5, "pil_reps": 2}
-GPU_DEFAULTS = {"batch_size": 256, "steps": 20, "warmup": 5, "aug_reps": 20, "pil_reps": 3}
+# pil_images: how many of the batch's images the per-image pipelines are timed on (0: all); its cost
+# is linear in the images, so the time is scaled to the batch. flop_images: the batch the FLOPs are
+# counted on (0: all); per-image FLOPs do not depend on it beyond the N×N logits (< 0.1% of a step).
+CPU_DEFAULTS = {"batch_size": 64, "steps": 1, "warmup": 0, "aug_reps": 3, "pil_reps": 3, "pil_images": 16,
+                "flop_images": 4}
+GPU_DEFAULTS = {"batch_size": 256, "steps": 20, "warmup": 5, "aug_reps": 20, "pil_reps": 3, "pil_images": 0,
+                "flop_images": 0}
 
 
 # -- small helpers ----------------------------------------------------------------------------
@@ -223,30 +231,47 @@ def pil_pipelines(cfg: config.RunConfig, size: int, mean_std: tuple[tuple[float,
     return {"pil_v1": v1, "pil_v2": tv2}
 
 
-def time_pil(batch: torch.Tensor, transform: Callable, views: int, reps: int) -> list[float]:
-    """Seconds per ``views`` views of the batch, one image at a time, collated with ``torch.stack``."""
+def pil_runner(batch: torch.Tensor, transform: Callable, views: int) -> Callable[[], None]:
+    """``views`` views of ``batch`` by ``transform``, one PIL image at a time, collated with ``torch.stack``;
+    already called once on a few images (the warm-up: the pipeline has no per-batch state)."""
     from PIL import Image
 
     pils = [Image.fromarray(img.permute(1, 2, 0).cpu().numpy()) for img in batch]  # the dataset's PIL images
+    for im in pils[:4]:
+        transform(im)
 
     def once() -> None:
         for _ in range(views):
             torch.stack([transform(im) for im in pils])
 
-    once()  # warm-up
-    return [timed(once, torch.device("cpu")) for _ in range(reps)]
+    return once
 
 
 # -- FLOPs ------------------------------------------------------------------------------------------
 def count_step_flops(s: Any, idx: torch.Tensor) -> dict[str, int]:
     """FlopCounterMode counts for the batch ``idx``: ``step`` (the model FLOPs of one training step's
-    forward + backward), ``augment`` (making its views) and ``encoder_forward`` (the backbone on
-    one view, no gradient: what linear evaluation runs per image).
+    forward + backward), ``augment`` (making its views: the blur's convolutions, on the CPU only
+    for the samples drawn for it) and ``encoder_forward`` (the backbone on one view, no gradient:
+    what linear evaluation runs per image).
 
     The step is the method class's own eager ``step`` (fast-path wrappers bypassed; they do not
     change what is computed) and its backward; no optimiser step is taken and the gradients are
-    cleared. Optimiser, EMA and queue updates are element-wise and not counted.
+    cleared. Optimiser, EMA and queue updates are element-wise and not counted. On the CPU it runs
+    on one thread: nothing here is timed, and the small ops of a small batch spend most of their
+    time synchronising threads on a shared machine (4 full-width images on this project's 2-core
+    machine beside other jobs: 3 s on one thread, 19 s on two).
     """
+    if s.device.type == "cpu":
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return _count_step_flops(s, idx)
+        finally:
+            torch.set_num_threads(threads)
+    return _count_step_flops(s, idx)
+
+
+def _count_step_flops(s: Any, idx: torch.Tensor) -> dict[str, int]:
     from torch.utils.flop_counter import FlopCounterMode
 
     x = s.images[idx]
@@ -296,17 +321,21 @@ def run_bench(method: str = "mnclglf", variant: str = "paper", n: int = 50000, h
               width: float = 1.0, steps: int | None = None, warmup: int | None = None,
               params_path: str | Path | None = "params.yaml", *, threads: int = 0,
               speed: dict[str, bool] | None = None, reference: bool = True, pil: bool = True,
-              aug_reps: int | None = None, pil_reps: int | None = None, flop_images: int | None = None,
-              overrides: dict[str, Any] | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+              aug_reps: int | None = None, pil_reps: int | None = None, pil_images: int | None = None,
+              flop_images: int | None = None, overrides: dict[str, Any] | None = None,
+              log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Benchmark one configuration; returns the result as a JSON-able dict (see the module docstring).
 
     ``device`` None picks CUDA when available; ``batch_size``/``steps``/``warmup`` None take the
     device's defaults (``CPU_DEFAULTS``/``GPU_DEFAULTS``). ``speed`` sets keys of the ``speed``
     section; ``overrides`` is deep-merged over the parameters (tests use it for tiny nets).
-    The step that counts the FLOPs also warms the step up; ``warmup`` more steps follow. It runs
-    on the first ``flop_images`` images of a batch (default: the whole batch on a GPU, 16 on the
-    CPU, where a step of 64 full-width images takes half a minute): per-image FLOPs do not depend
-    on the batch size except for the N×N logits of the losses, under 0.1% of a step.
+    The step that counts the FLOPs also runs the step's code once (lazy initialisation) before
+    ``warmup`` more steps. It runs on the first ``flop_images`` images of a batch (default: the
+    whole batch on a GPU, 4 on the CPU, where a step of 64 full-width images takes half a minute):
+    per-image FLOPs do not depend on the batch size except for the N×N logits of the losses,
+    under 0.1% of a step. The per-image PIL pipelines are timed on ``pil_images`` of the batch
+    (default: all on a GPU, 16 on the CPU) and their times scaled to the batch; their reps are
+    interleaved with the batched augmentation's so that both see the same load.
     """
     from mnclglf.bench_reference import AlgorithmOne, check_supported
     from mnclglf.data.augment import SSLAugment, make_normalizer
@@ -326,6 +355,7 @@ def run_bench(method: str = "mnclglf", variant: str = "paper", n: int = 50000, h
     warmup = defaults["warmup"] if warmup is None else warmup
     aug_reps = aug_reps or defaults["aug_reps"]
     pil_reps = pil_reps or defaults["pil_reps"]
+    pil_images = min(batch_size, pil_images or defaults["pil_images"] or batch_size)
     if steps < 1 or warmup < 0:
         raise UserError(f"--steps {steps} / --warmup {warmup}: need steps >= 1 and warmup >= 0")
     if batch_size > n:
@@ -354,7 +384,7 @@ def run_bench(method: str = "mnclglf", variant: str = "paper", n: int = 50000, h
     rss_after_setup = rss_bytes()
     whole = RssSampler().__enter__()  # the RSS peak from here to the end of the first timed step
     t0 = time.perf_counter()
-    flop_images = min(batch_size, flop_images or (batch_size if dev_name == "cuda" else 16))
+    flop_images = min(batch_size, flop_images or defaults["flop_images"] or batch_size)
     counts = count_step_flops(s, batches[0][:flop_images])
     flops_step, flops_aug = counts["step"], counts["augment"]
     say(f"FLOP count step: {time.perf_counter() - t0:.1f}s")
@@ -433,16 +463,25 @@ def run_bench(method: str = "mnclglf", variant: str = "paper", n: int = 50000, h
         for _ in range(3):
             aug(x, gen)
 
-    batched()
-    aug_times = [timed(batched, torch_device) for _ in range(aug_reps)]
+    batched()  # warm-up
+    pil_runs: dict[str, Callable[[], None]] = {}
+    if pil:
+        batch_cpu = s.images[idx[:pil_images]].cpu()
+        pil_runs = {k: pil_runner(batch_cpu, t, 3)
+                    for k, t in pil_pipelines(cfg, cfg.augment.size or h, s.mean_std).items()}
+    aug_times: list[float] = []
+    pil_times: dict[str, list[float]] = {k: [] for k in pil_runs}
+    for r in range(max(aug_reps, pil_reps if pil else 0)):  # interleaved: both see the same load
+        if r < aug_reps:
+            aug_times.append(timed(batched, torch_device))
+        for k, once in pil_runs.items() if r < pil_reps else ():
+            pil_times[k].append(timed(once, torch.device("cpu")) * batch_size / pil_images)
     augment: dict[str, Any] = {"views": 3, "batch_size": batch_size, "size": cfg.augment.size or h,
                                "batched": summary(aug_times, 3 * batch_size)}
     if pil:
-        pipelines = pil_pipelines(cfg, cfg.augment.size or h, s.mean_std)
-        batch_cpu = s.images[idx].cpu()
-        for name, transform in pipelines.items():
-            augment[name] = summary(time_pil(batch_cpu, transform, 3, pil_reps), 3 * batch_size)
-        best = min(augment[k]["ms_median"] for k in pipelines)
+        for k, ts in pil_times.items():
+            augment[k] = summary(ts, 3 * batch_size) | {"images_timed": pil_images}
+        best = min(augment[k]["ms_median"] for k in pil_runs)
         augment["speedup_vs_best_pil"] = best / augment["batched"]["ms_median"]
         augment["speedup_vs_pil_v1"] = augment["pil_v1"]["ms_median"] / augment["batched"]["ms_median"]
     say(f"augment: batched {augment['batched']['ms_median']:.1f} ms / 3 views")
@@ -582,8 +621,10 @@ def render(result: dict[str, Any]) -> Any:
               f"median of {b['n']}")
     for k in ("pil_v1", "pil_v2"):
         if k in au:
+            part = (f", timed on {au[k]['images_timed']} images" if au[k].get("images_timed", c["batch_size"])
+                    < c["batch_size"] else "")
             t.add_row(f"augment ×3 views, per-image {k.replace('_', ' ')}", f"{au[k]['ms_median']:.1f}",
-                      f"{au[k]['images_per_s']:,.0f}", f"median of {au[k]['n']}, single process")
+                      f"{au[k]['images_per_s']:,.0f}", f"median of {au[k]['n']}{part}, single process")
     if "speedup_vs_best_pil" in au:
         t.add_row("  batched / best per-image", "", "", f"{au['speedup_vs_best_pil']:.2f}×")
     mem = st["memory"]
@@ -610,10 +651,12 @@ def render(result: dict[str, Any]) -> Any:
 
 
 def run_key(r: dict[str, Any]) -> tuple:
+    """What makes two results the same run for ``--append`` (the timed and warm-up steps included:
+    a 1-step run does not replace a 4-step one)."""
     c = r["config"]
     return (r.get("kind", "bench"), c["run"], c.get("n"), c["h"], c.get("w"), c["classes"], c["batch_size"],
             c["width"], c.get("precision"), json.dumps(c.get("speed"), sort_keys=True),
-            r.get("device", {}).get("name"))
+            r.get("device", {}).get("name"), c.get("steps"), c.get("warmup"))
 
 
 def write_json(path: str | Path, result: dict[str, Any], append: bool = False) -> Path:
@@ -694,6 +737,7 @@ def bench_command(method: str = "mnclglf", variant: str = "paper", shape: str = 
     log = None if quiet else (lambda msg: console.print(f"[dim]{msg}[/dim]"))
     result = run_bench(method, variant, n, h, w, classes, batch_size, device, precision, width, steps, warmup,
                        params_path, threads=threads, speed=parse_speed(speed), reference=reference, pil=pil, log=log)
+    result["command"] = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])  # what produced the JSON
     console.print(render(result))
     if json_path:
         out = write_json(json_path, result, append=append)

@@ -23,14 +23,25 @@ PARAMS_OPTION = click.option("--params", "params_file", default="params.yaml", s
 QUIET_OPTION = click.option("--quiet", is_flag=True, help="No progress bar.")
 
 
+def _run_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        return config.check_run(value)
+    except UserError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[1], ctx, param) from None
+
+
+RUN_HELP = (f"Run: a method ({', '.join(config.RUN_METHODS)}), random-init, an ablation run (mnclglf-lam<λ>, "
+            "mnclglf-k<k>, mnclglf-one), or any of these followed by -seed<s>.")
+
+
 @contextlib.contextmanager
-def recorded(dataset: str, run: str, stage: str, seed: int) -> Iterator[None]:
-    """Write the stage's environment record (versions, hardware, wall time) next to its metrics, on success."""
+def recorded(path: Path, seed: int) -> Iterator[None]:
+    """Write the stage's environment record (versions, hardware, wall time) to ``path``, on success."""
     from mnclglf.envinfo import environment_record, utc_now, write_environment
 
     start = utc_now()
     yield
-    write_environment(paths.metrics_dir(dataset, run) / f"env_{stage}.json", environment_record(seed, start, utc_now()))
+    write_environment(path, environment_record(seed, start, utc_now()))
 
 
 class OneLineErrors(click.Group):
@@ -82,8 +93,7 @@ def download(dataset: str, root: str | None, source: str | None, md5: str | None
 
 @main.command()
 @click.option("--dataset", required=True, type=click.Choice(config.DATASETS), help="Dataset to pretrain on.")
-@click.option("--method", required=True, type=click.Choice((*config.RUN_METHODS, "random-init")),
-              help="Self-supervised method (random-init saves the untrained encoder).")
+@click.option("--method", required=True, callback=_run_name, help=RUN_HELP + " random-init saves the untrained encoder.")
 @PARAMS_OPTION
 @QUIET_OPTION
 def pretrain(dataset: str, method: str, params_file: str, quiet: bool) -> None:
@@ -92,7 +102,7 @@ def pretrain(dataset: str, method: str, params_file: str, quiet: bool) -> None:
 
     cfg = config.run_config(config.read_params(params_file), dataset, method)
     metrics = paths.metrics_dir(dataset, method) / "pretrain.json"
-    with recorded(dataset, method, "pretrain", cfg.seed):
+    with recorded(paths.metrics_dir(dataset, method) / "env_pretrain.json", cfg.seed):
         if method == "random-init":
             save_random_init(cfg, paths.pretrain_dir(dataset, method), metrics)
         else:
@@ -105,40 +115,57 @@ def pretrain(dataset: str, method: str, params_file: str, quiet: bool) -> None:
 
 @main.command()
 @click.option("--dataset", required=True, type=click.Choice(config.DATASETS), help="Dataset to train on.")
+@click.option("--run", default="supervised", show_default=True, callback=_run_name,
+              help="Run name: supervised, or supervised-seed<s> to repeat it with seed s.")
 @PARAMS_OPTION
 @QUIET_OPTION
-def supervised(dataset: str, params_file: str, quiet: bool) -> None:
-    """Train the supervised ResNet-18 baseline end to end; writes metrics/DATASET/supervised/supervised.json."""
+def supervised(dataset: str, run: str, params_file: str, quiet: bool) -> None:
+    """Train the supervised ResNet-18 baseline end to end; writes metrics/DATASET/RUN/supervised.json."""
     from mnclglf.train.supervised import train_supervised
 
-    cfg = config.run_config(config.read_params(params_file), dataset, "supervised")
-    with recorded(dataset, "supervised", "supervised", cfg.seed):
-        result = train_supervised(cfg, paths.pretrain_dir(dataset, "supervised"),
-                                  paths.ckpt_dir(dataset, "supervised"),
-                                  paths.metrics_dir(dataset, "supervised") / "supervised.json", progress=not quiet)
-    click.echo(f"supervised@{dataset}: top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}")
+    if config.plain_run(run) != "supervised":
+        raise UserError(f"--run {run!r}: expected supervised or supervised-seed<s>")
+    cfg = config.run_config(config.read_params(params_file), dataset, run)
+    with recorded(paths.metrics_dir(dataset, run) / "env_supervised.json", cfg.seed):
+        result = train_supervised(cfg, paths.pretrain_dir(dataset, run), paths.ckpt_dir(dataset, run),
+                                  paths.metrics_dir(dataset, run) / "supervised.json", progress=not quiet)
+    click.echo(f"{run}@{dataset}: top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}")
 
 
 @main.command("linear-eval")
 @click.option("--dataset", required=True, type=click.Choice(config.DATASETS), help="Dataset of the encoder.")
-@click.option("--method", required=True, type=click.Choice((*config.RUN_METHODS, "random-init")),
-              help="Method whose encoder to evaluate.")
+@click.option("--method", required=True, callback=_run_name, help=RUN_HELP)
 @click.option("--encoder", "encoder_file", default=None, type=click.Path(dir_okay=False),
               help="Encoder file (default: runs/DATASET/METHOD/pretrain/encoder.pt).")
+@click.option("--kept-epochs", is_flag=True,
+              help="Evaluate the intermediate encoders of pretrain.keep_epochs instead (Table 5); writes "
+                   "metrics/DATASET/METHOD/epochs/linear_e<N>.json.")
 @PARAMS_OPTION
 @QUIET_OPTION
-def linear_eval(dataset: str, method: str, encoder_file: str | None, params_file: str, quiet: bool) -> None:
+def linear_eval(dataset: str, method: str, encoder_file: str | None, kept_epochs: bool, params_file: str,
+                quiet: bool) -> None:
     """Train a linear classifier on the frozen encoder; writes top-1/top-5 to metrics/DATASET/METHOD/linear.json."""
     from mnclglf.train.linear_eval import linear_eval as run
 
     raw = config.read_params(params_file)
     cfg = config.linear_eval_config(raw, dataset, method)
-    seed = config.run_config(raw, dataset, method).seed
-    with recorded(dataset, method, "linear", seed):
-        result = run(Path(encoder_file) if encoder_file else paths.encoder_path(dataset, method), cfg,
-                     raw.get("data_root", "data"), seed, paths.linear_dir(dataset, method),
-                     paths.metrics_dir(dataset, method) / "linear.json", progress=not quiet)
-    click.echo(f"{method}@{dataset}: top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}")
+    run_cfg = config.run_config(raw, dataset, method)
+    if kept_epochs and encoder_file:
+        raise UserError("--kept-epochs and --encoder: give one or the other")
+    if kept_epochs and not run_cfg.pretrain.keep_epochs:
+        raise UserError(f"--kept-epochs: pretrain.keep_epochs of {method}@{dataset} is empty; nothing to evaluate")
+    jobs = ([(paths.kept_encoder_path(dataset, method, e), paths.kept_linear_dir(dataset, method, e),
+              paths.kept_metrics_path(dataset, method, e)) for e in run_cfg.pretrain.keep_epochs] if kept_epochs
+            else [(Path(encoder_file) if encoder_file else paths.encoder_path(dataset, method),
+                   paths.linear_dir(dataset, method), paths.metrics_dir(dataset, method) / "linear.json")])
+    env = (paths.kept_metrics_path(dataset, method, 0).parent / "env_linear.json" if kept_epochs
+           else paths.metrics_dir(dataset, method) / "env_linear.json")
+    with recorded(env, run_cfg.seed):
+        for encoder, out_dir, metrics in jobs:
+            result = run(encoder, cfg, raw.get("data_root", "data"), run_cfg.seed, out_dir, metrics,
+                         progress=not quiet)
+            click.echo(f"{method}@{dataset} (epoch {result['pretrain_epoch']}): top-1 {result['top1']:.2f}  "
+                       f"top-5 {result['top5']:.2f}")
 
 
 @main.command()

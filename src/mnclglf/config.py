@@ -16,12 +16,22 @@ its own top-level section (``mnclglf-released: {model, augment, pretrain, mnclgl
 linear_eval}``), then ``overrides.<dataset>``, then ``overrides.<dataset>.<run>``.
 Its method section must set every key, so the run never reads the shared ``mnclglf``
 section and DVC's ``${item.method}`` param dependency covers it exactly.
+
+An *ablation run* (Tables 4-6) is the main ``mnclglf`` run with one key changed, named
+by that key: ``mnclglf-lam<λ>``, ``mnclglf-k<k>``, ``mnclglf-one`` (one combined
+embedding per step). The values run are listed in ``ablations``; the main run's own
+values (λ = 6, k = 2) are not repeated there, the tables share the main run.
+
+Seeds: ``seed`` is the seed of every run; each seed of ``repeat_seeds`` repeats the
+Table 3 runs as ``<run>-seed<s>`` (initialisation, augmentation draws and data order
+all follow the seed; the data split does not).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import typing
 from dataclasses import dataclass, field
@@ -41,9 +51,47 @@ RUN_METHODS = (*SSL_METHODS, *VARIANT_RUNS)
 VARIANT_SECTIONS = ("model", "augment", "pretrain", "mnclglf", "linear_eval")  # what a variant section may set
 
 
+ABLATION_RUN = re.compile(r"^mnclglf-(?:lam(?P<lam>\d+(?:\.\d+)?)|k(?P<k>\d+)|(?P<one>one))$")
+SEED_RUN = re.compile(r"^(?P<run>.+)-seed(?P<seed>\d+)$")
+
+
+def split_seed(run: str) -> tuple[str, int | None]:
+    """``<run>-seed<s>`` → (``<run>``, s); any other name → (name, None)."""
+    m = SEED_RUN.match(run)
+    return (m["run"], int(m["seed"])) if m else (run, None)
+
+
+def ablation_keys(run: str) -> dict[str, Any]:
+    """The ``mnclglf`` keys an ablation run sets (``mnclglf-lam4`` → {lam: 4.0}); {} for other runs."""
+    m = ABLATION_RUN.match(run)
+    if not m:
+        return {}
+    if m["lam"] is not None:
+        return {"lam": float(m["lam"])}
+    if m["k"] is not None:
+        return {"k": int(m["k"])}
+    return {"combined_positive": "one"}
+
+
+def plain_run(run: str) -> str:
+    """The run whose sections ``run`` reads: the name without its seed suffix, ``mnclglf`` for an ablation."""
+    name = split_seed(run)[0]
+    return "mnclglf" if ablation_keys(name) else name
+
+
 def base_method(method: str) -> str:
-    """The method a run builds: ``mnclglf`` for ``mnclglf-released``, the name itself otherwise."""
-    return VARIANT_RUNS[method][0] if method in VARIANT_RUNS else method
+    """The method a run builds: ``mnclglf`` for ``mnclglf-released``/an ablation, the plain name otherwise."""
+    name = plain_run(method)
+    return VARIANT_RUNS[name][0] if name in VARIANT_RUNS else name
+
+
+def check_run(run: str, extra: tuple[str, ...] = ("supervised", "random-init")) -> str:
+    """``run`` if it names a run (a method, a variant, an ablation, any of these ``-seed<s>``); else a one-line error."""
+    allowed = (*RUN_METHODS, *extra)
+    if plain_run(run) not in allowed:
+        raise UserError(f"method = {run!r}: expected one of {', '.join(allowed)}, an ablation run (mnclglf-lam<λ>, "
+                        f"mnclglf-k<k>, mnclglf-one), or one of these followed by -seed<s>")
+    return run
 
 
 def _check(*, gt: float | None = None, ge: float | None = None, le: float | None = None,
@@ -251,6 +299,10 @@ class LinearEvalConfig:
     test_crop: int = num(0, "side of the test centre crop; 0 = the training size (released: 224)", ge=0)
     interpolation: Literal["bilinear", "bicubic"] = pick(
         "bilinear", ("bilinear", "bicubic"), "resampling of the training crop and the test resize (released: bicubic)")
+    threads: int = num(0, "CPU threads for torch; 0 = torch's default", ge=0)
+    augment: bool = pick(True, (True, False),
+                         "false: no training augmentation; each training image passes the frozen encoder once "
+                         "(through the test transform) and the head trains on those cached features")
 
 
 @dataclass(frozen=True)
@@ -295,8 +347,9 @@ SECTIONS: dict[str, type] = {
     "fastmoco": FastMoCoConfig,
     "supervised": SupervisedConfig,
 }
-TOP_LEVEL = {"seed", "data_root", "datasets", "methods", "eval_methods", "profiles", "digits", "linear_eval",
-             "overrides", "linear_eval_overrides", *SECTIONS, *VARIANT_RUNS}
+TOP_LEVEL = {"seed", "repeat_seeds", "data_root", "datasets", "methods", "eval_methods", "ablation_datasets",
+             "ablations", "profiles", "digits", "linear_eval", "overrides", "linear_eval_overrides", *SECTIONS,
+             *VARIANT_RUNS}
 
 
 def _describe(meta: dict[str, Any]) -> str:
@@ -397,14 +450,65 @@ def read_params(path: Path | str = "params.yaml") -> dict[str, Any]:
     unknown = sorted(set(raw) - TOP_LEVEL)
     if unknown:
         raise UserError(f"{unknown[0]}: unknown key in {path}; allowed: {', '.join(sorted(TOP_LEVEL))}")
-    for key, allowed in (("datasets", DATASETS), ("methods", RUN_METHODS)):
+    for key, allowed in (("datasets", DATASETS), ("methods", RUN_METHODS), ("ablation_datasets", DATASETS)):
         values = raw.get(key, [])
         if not isinstance(values, list):
             raise UserError(f"{key} = {values!r}: expected a list")
         for v in values:
             if v not in allowed:
                 raise UserError(f"{key}: unknown value {v!r}; allowed: {', '.join(allowed)}")
+    _check_ablations(raw)
+    seeds(raw)
     return raw
+
+
+def _number_list(values: Any, key: str, integer: bool, lo: float, hi: float) -> list[float]:
+    if not isinstance(values, list):
+        raise UserError(f"{key} = {values!r}: expected a list")
+    for v in values:
+        ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+        if isinstance(v, bool) or not ok or not lo <= v <= hi:
+            raise UserError(f"{key}: {v!r} is not {'an integer' if integer else 'a number'} in [{lo:g}, {hi:g}]")
+    if len(set(values)) != len(values):
+        raise UserError(f"{key} = {values!r}: a value is listed twice")
+    return values
+
+
+def _check_ablations(raw: dict[str, Any]) -> None:
+    """``ablations``: the λ and k values of Tables 4 and 6 beside the main run's, and Table 5's runs."""
+    abl = raw.get("ablations") or {}
+    if not isinstance(abl, dict):
+        raise UserError(f"ablations = {abl!r}: expected a mapping")
+    unknown = sorted(set(abl) - {"lam", "k", "table5_runs"})
+    if unknown:
+        raise UserError(f"ablations.{unknown[0]}: unknown key; allowed: k, lam, table5_runs")
+    outside = sorted(set(raw.get("ablation_datasets", [])) - set(raw.get("datasets", [])))
+    if outside:
+        raise UserError(f"ablation_datasets: {outside[0]!r} is not in `datasets` (its main runs are needed)")
+    main = raw.get("mnclglf") or {}
+    for key, integer, hi in (("lam", False, 1e6), ("k", True, 4)):
+        values = _number_list(abl.get(key, []), f"ablations.{key}", integer, 1 if integer else 1e-9, hi)
+        for v in values:
+            if isinstance(v, float) and v.is_integer():  # DVC writes 2.0 into the run name, the tables read 2
+                raise UserError(f"ablations.{key}: write {int(v)}, not {v} (the value names the run folder)")
+        own = main.get(key, getattr(MnclglfConfig, key))
+        if own in values:
+            raise UserError(f"ablations.{key}: {own:g} is the main run's mnclglf.{key}; the tables share the main "
+                            f"run, list only the other values")
+    runs = abl.get("table5_runs", [])
+    if not isinstance(runs, list):
+        raise UserError(f"ablations.table5_runs = {runs!r}: expected a list")
+    for run in runs:
+        check_run(str(run), extra=())
+
+
+def seeds(raw: dict[str, Any]) -> list[int]:
+    """Every seed of the Table 3 runs: ``seed`` (the main runs), then ``repeat_seeds``."""
+    first = _coerce("seed", raw.get("seed", 0), int, {"ge": 0})
+    repeats = _number_list(raw.get("repeat_seeds", []), "repeat_seeds", True, 0, 2**31 - 1)
+    if first in repeats:
+        raise UserError(f"repeat_seeds: {first} is `seed`, the main runs' seed; list only the extra seeds")
+    return [first, *repeats]
 
 
 def _overrides(raw: dict[str, Any], table: str, dataset: str) -> dict[str, Any]:
@@ -453,24 +557,25 @@ def run_config(raw: dict[str, Any], dataset: str, method: str) -> RunConfig:
     """The validated configuration of one pretraining run of ``method`` on ``dataset``.
 
     Layers, later wins: the shared sections, the variant run's own section, ``overrides.<dataset>``,
-    ``overrides.<dataset>.<run>``.
+    ``overrides.<dataset>.<run>``, an ablation run's key. ``<run>-seed<s>`` is ``<run>`` with seed s.
     """
-    allowed = (*RUN_METHODS, "supervised", "random-init")
-    if method not in allowed:
-        raise UserError(f"method = {method!r}: expected one of {', '.join(allowed)}")
+    check_run(method)
+    name, seed_override = split_seed(method)
+    run = plain_run(method)
+    ablation = ablation_keys(name)
     over = _overrides(raw, "overrides", dataset)
     unknown = sorted(set(over) - set(SECTIONS) - set(VARIANT_RUNS))
     if unknown:
         raise UserError(f"overrides.{dataset}.{unknown[0]}: unknown section; allowed: "
                         f"{', '.join((*SECTIONS, *VARIANT_RUNS))}")
-    own, hook = variant_layers(raw, dataset, method)
+    own, hook = variant_layers(raw, dataset, run)
     sections = {}
-    for name, cls in SECTIONS.items():
-        merged = raw.get(name) or {}
-        for layer in (own, over, hook):
-            merged = deep_merge(merged, layer.get(name) or {})
-        sections[name] = build(cls, merged, name)
-    seed = _coerce("seed", raw.get("seed", 0), int, {"ge": 0})
+    for section, cls in SECTIONS.items():
+        merged = raw.get(section) or {}
+        for layer in (own, over, hook, {"mnclglf": ablation}):
+            merged = deep_merge(merged, layer.get(section) or {})
+        sections[section] = build(cls, merged, section)
+    seed = seed_override if seed_override is not None else _coerce("seed", raw.get("seed", 0), int, {"ge": 0})
     data_root = _coerce("data_root", raw.get("data_root", "data"), str, {})
     cfg = RunConfig(dataset=dataset, method=method, seed=seed, data_root=data_root, **sections)
     base = base_method(method)
@@ -480,7 +585,7 @@ def run_config(raw: dict[str, Any], dataset: str, method: str) -> RunConfig:
             raise UserError(f"{name}.queue_size = {size}: must be >= pretrain.batch_size ({cfg.pretrain.batch_size})")
     if base == "mnclglf":
         mc = cfg.mnclglf
-        label = VARIANT_RUNS[method][1] if method in VARIANT_RUNS else "paper"
+        label = VARIANT_RUNS[run][1] if run in VARIANT_RUNS else "paper"
         if mc.variant != label:
             raise UserError(f"mnclglf.variant = {mc.variant!r}: the run {method!r} is the {label!r} variant; the "
                             f"released reading is the run `mnclglf-released` (section `mnclglf-released` of params)")
@@ -497,7 +602,7 @@ def linear_eval_config(raw: dict[str, Any], dataset: str, method: str | None = N
     ``linear_eval_overrides.<dataset>``, ``overrides.<dataset>.<run>.linear_eval``.
     """
     over = _overrides(raw, "linear_eval_overrides", dataset)
-    own, hook = variant_layers(raw, dataset, method) if method else ({}, {})
+    own, hook = variant_layers(raw, dataset, plain_run(method)) if method else ({}, {})
     merged = raw.get("linear_eval") or {}
     for layer in (own.get("linear_eval") or {}, over, hook.get("linear_eval") or {}):
         merged = deep_merge(merged, layer)

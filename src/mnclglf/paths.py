@@ -3,7 +3,9 @@
 runs/<dataset>/<method>/pretrain/   encoder.pt, encoder_e<N>.pt, live/ (DVCLive curves)
 runs/<dataset>/<method>/ckpt/       checkpoint.pt (DVC ``persist``: survives a rerun)
 runs/<dataset>/<method>/linear/     live/ of the linear probe
+runs/<dataset>/<method>/linear_epochs/e<N>/   live/ of the probe of encoder_e<N>.pt (Table 5)
 metrics/<dataset>/<method>/         pretrain.json, linear.json (DVC metrics)
+metrics/<dataset>/<method>/epochs/  linear_e<N>.json (Table 5)
 """
 
 from __future__ import annotations
@@ -32,3 +34,15 @@ def metrics_dir(dataset: str, method: str) -> Path:
 
 def encoder_path(dataset: str, method: str) -> Path:
     return pretrain_dir(dataset, method) / "encoder.pt"
+
+
+def kept_encoder_path(dataset: str, method: str, epoch: int) -> Path:
+    return pretrain_dir(dataset, method) / f"encoder_e{epoch}.pt"
+
+
+def kept_linear_dir(dataset: str, method: str, epoch: int) -> Path:
+    return RUNS / dataset / method / "linear_epochs" / f"e{epoch}"
+
+
+def kept_metrics_path(dataset: str, method: str, epoch: int) -> Path:
+    return METRICS / dataset / method / "epochs" / f"linear_e{epoch}.json"

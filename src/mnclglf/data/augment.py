@@ -4,13 +4,17 @@ The whole dataset stays on the device as uint8; each step draws a batch of indic
 and these functions turn it into float views in a handful of large kernels: one
 ``grid_sample`` for random-resized-crop + flip, vectorised colour jitter (in a random
 order per sample, as torchvision does), grayscale, and a per-sample-sigma Gaussian
-blur as one grouped convolution. Randomness comes from an explicit
-``torch.Generator`` so that a checkpoint can restore it.
+blur as one grouped convolution. On the CPU each jitter operation, the grayscale and
+the blur run only on the samples drawn for them; on a GPU on the whole batch, the
+result selected per sample, so that no index is read back to the host. Randomness
+comes from an explicit ``torch.Generator`` so that a checkpoint can restore it.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -81,65 +85,131 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     return (_GRAY[0] * r + _GRAY[1] * g + _GRAY[2] * b).unsqueeze(1)
 
 
+def _gray3(x: torch.Tensor) -> torch.Tensor:
+    return _gray(x).expand_as(x)
+
+
 def _blend(a: torch.Tensor, b: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``_blend``; ``b`` may be broadcast (a per-sample mean, a gray plane)."""
     return (factor.view(-1, 1, 1, 1) * a + (1 - factor.view(-1, 1, 1, 1)) * b).clamp(0, 1)
 
 
-def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+def _brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``_blend`` with black, without the zero image: ``f·x + (1 − f)·0`` is exactly ``f·x`` for x ≥ 0."""
+    return (factor.view(-1, 1, 1, 1) * x).clamp_(0, 1)
+
+
+def _contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _blend(x, _gray(x).mean(dim=(1, 2, 3), keepdim=True), factor)
+
+
+def _saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _blend(x, _gray(x), factor)
+
+
+def _rgb_to_hsv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hue, saturation and value planes (N×H×W each) of RGB images in [0, 1]."""
     r, g, b = x.unbind(1)
-    maxc, _ = x.max(1)
-    minc, _ = x.min(1)
+    maxc = x.amax(1)
+    minc = x.amin(1)
     delta = maxc - minc
-    s = torch.where(maxc > 0, delta / maxc.clamp(min=1e-12), torch.zeros_like(maxc))
-    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    s = torch.where(maxc > 0, delta / maxc.clamp(min=1e-12), 0.0)
+    safe = torch.where(delta > 0, delta, 1.0)
     rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
     h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
-    return torch.stack([h, s, maxc], 1)
+    h = torch.where(delta > 0, (h / 6.0) % 1.0, 0.0)
+    return h, s, maxc
 
 
-def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    h, s, v = x.unbind(1)
-    i = torch.floor(h * 6.0)
-    f = h * 6.0 - i
-    i = i.long() % 6
+@functools.cache
+def _sector_planes(device: torch.device) -> torch.Tensor:
+    """Which of the planes (v, q, p, t) R, G and B take in each of the six hue sectors; made once per
+    device, as a host-to-device copy at every call would sync a GPU with the host."""
+    return torch.tensor([[0, 3, 2], [1, 0, 2], [2, 0, 3], [2, 1, 0], [3, 2, 0], [0, 2, 1]], device=device)
+
+
+def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """RGB images (N×3×H×W) of hue, saturation and value planes: one gather from the 4 distinct planes."""
+    h6 = h * 6.0
+    i = torch.floor(h6)
+    f = h6 - i
     p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    choices = torch.stack([
-        torch.stack([v, q, p, p, t, v], 1),
-        torch.stack([t, v, v, q, p, p], 1),
-        torch.stack([p, p, t, v, v, q], 1),
-    ], 1)  # (N, 3, 6, H, W)
-    return choices.gather(2, i.unsqueeze(1).unsqueeze(2).expand(-1, 3, 1, -1, -1)).squeeze(2)
+    planes = torch.stack([v, q, p, t], 1)
+    index = _sector_planes(h.device)[i.long() % 6].permute(0, 3, 1, 2)
+    return planes.gather(1, index)
+
+
+def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    h, s, v = _rgb_to_hsv(x)
+    return _hsv_to_rgb((h + shift.view(-1, 1, 1)) % 1.0, s, v)
+
+
+def _on_samples(x: torch.Tensor, mask: torch.Tensor, fn: Callable[..., torch.Tensor], *params: torch.Tensor,
+                subset: bool) -> torch.Tensor:
+    """``fn(x, *params)`` (per-sample operations, per-sample ``params``) for the samples of ``mask``.
+
+    ``subset``: index-select those samples, apply, write them back into ``x`` (in place): work
+    in proportion to the samples chosen, but reading the indices syncs a GPU with the host.
+    Otherwise apply to the whole batch and select with ``torch.where``: no sync, the GPU path.
+    Both give the same values.
+    """
+    if not subset:
+        return torch.where(mask.view(-1, 1, 1, 1), fn(x, *params), x)
+    idx = mask.nonzero().squeeze(1)
+    if idx.numel():
+        x.index_copy_(0, idx, fn(x.index_select(0, idx), *(p.index_select(0, idx) for p in params)))
+    return x
+
+
+def _default_subset(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu"
 
 
 def color_jitter(x: torch.Tensor, strength: tuple[float, float, float, float], apply: torch.Tensor,
-                 gen: torch.Generator) -> torch.Tensor:
+                 gen: torch.Generator, subset: bool | None = None) -> torch.Tensor:
     """torchvision's ColorJitter per sample: brightness, contrast, saturation, hue in a random order.
 
-    Samples where ``apply`` is false are left unchanged. Each of the four passes runs
-    every operation with an identity factor for the samples whose permutation puts a
-    different operation at that position, so the whole batch stays in one kernel each.
+    Samples where ``apply`` is false are left unchanged. Position by position, each operation
+    runs on the samples whose permutation puts it there (``subset``, default on the CPU), or on
+    the whole batch with the result selected per sample (no host sync: the default on a GPU).
     """
     n, device = x.shape[0], x.device
+    subset = _default_subset(x) if subset is None else subset
     b, c, s, hue = strength
     fb = _uniform(n, max(0.0, 1 - b), 1 + b, gen, device)
     fc = _uniform(n, max(0.0, 1 - c), 1 + c, gen, device)
     fs = _uniform(n, max(0.0, 1 - s), 1 + s, gen, device)
     fh = _uniform(n, -hue, hue, gen, device)
     order = torch.rand(n, 4, generator=gen, device=device).argsort(1)
+    ops = [(_brightness, fb), (_contrast, fc), (_saturation, fs), (_hue, fh) if hue > 0 else None]
+    if subset:
+        return _jitter_subsets(x, ops, order, apply)
     for pos in range(4):
-        op = torch.where(apply, order[:, pos], torch.full_like(order[:, pos], -1))
-        one = torch.ones_like(fb)
-        x = _blend(x, torch.zeros_like(x), torch.where(op == 0, fb, one))
-        mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
-        x = _blend(x, mean.expand_as(x), torch.where(op == 1, fc, one))
-        x = _blend(x, _gray(x).expand_as(x), torch.where(op == 2, fs, one))
-        shift = torch.where(op == 3, fh, torch.zeros_like(fh))
-        if hue > 0:  # no data-dependent skip: checking `(op == 3).any()` would sync the host with the GPU
-            hsv = _rgb_to_hsv(x)
-            hsv = torch.stack([(hsv[:, 0] + shift.view(-1, 1, 1)) % 1.0, hsv[:, 1], hsv[:, 2]], 1)
-            x = torch.where((op == 3).view(-1, 1, 1, 1), _hsv_to_rgb(hsv), x)
+        for k, op in enumerate(ops):
+            if op is not None:
+                x = _on_samples(x, apply & (order[:, pos] == k), *op, subset=False)
     return x
+
+
+def _jitter_subsets(x: torch.Tensor, ops: list[tuple[Callable[..., torch.Tensor], torch.Tensor] | None],
+                    order: torch.Tensor, apply: torch.Tensor) -> torch.Tensor:
+    """The subset path of :func:`color_jitter`: the jittered samples are gathered once and, position
+    by position, sorted by the operation there, so that each operation runs on one contiguous slice;
+    one gather per position and one scatter at the end. Few, large calls: on a shared CPU every call
+    split across threads waits for all of them."""
+    rows = apply.nonzero().squeeze(1)  # the sample each row of xs holds
+    if not rows.numel():
+        return x
+    xs, codes = x.index_select(0, rows), order.index_select(0, rows)
+    for pos in range(4):
+        sort = codes[:, pos].argsort(stable=True)
+        rows, codes, xs = rows[sort], codes[sort], xs[sort]
+        counts = torch.bincount(codes[:, pos], minlength=4).tolist()
+        parts = []
+        for op, part, who in zip(ops, xs.split(counts), rows.split(counts)):
+            parts.append(part if op is None or not who.numel() else op[0](part, op[1][who]))
+        xs = torch.cat(parts)
+    return x.index_copy(0, rows, xs)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel: int) -> torch.Tensor:
@@ -174,7 +244,7 @@ class Normalizer:
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean and std per channel of a uint8 N×3×H×W tensor, in [0, 1] units."""
-    x = images.float().div_(255)
+    x = torch.div(images, 255)
     mean = x.mean(dim=(0, 2, 3))
     std = x.std(dim=(0, 2, 3)).clamp(min=1e-3)
     return tuple(mean.tolist()), tuple(std.tolist())
@@ -196,22 +266,27 @@ class SSLAugment:
         self.normalizer = normalizer
         self.size = cfg.size or image_size
         self.kernel = blur_kernel_size(self.size, cfg.blur_kernel_frac)
+        self.subset: bool | None = None  # None: per device (see color_jitter); tests set it to compare the paths
 
     def __call__(self, batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         cfg, n, device = self.cfg, batch.shape[0], batch.device
-        x = batch.float().div_(255)
+        subset = _default_subset(batch) if self.subset is None else self.subset
+        x = torch.div(batch, 255)  # uint8 → float32 in one pass, the same values as .float().div_(255)
         boxes = crop_boxes(n, x.shape[2], x.shape[3], cfg.crop_scale, cfg.crop_ratio, gen, device)
         flip = torch.rand(n, generator=gen, device=device) < cfg.flip_p
         x = resized_crop(x, boxes, self.size, flip, cfg.interpolation).clamp_(0, 1)
         jitter = torch.rand(n, generator=gen, device=device) < cfg.jitter_p
-        x = color_jitter(x, cfg.jitter, jitter, gen)
+        x = color_jitter(x, cfg.jitter, jitter, gen, subset)
         gray = torch.rand(n, generator=gen, device=device) < cfg.gray_p
-        x = torch.where(gray.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
+        x = _on_samples(x, gray, _gray3, subset=subset)
         blur = torch.rand(n, generator=gen, device=device) < cfg.blur_p
         sigma = _uniform(n, cfg.blur_sigma[0], cfg.blur_sigma[1], gen, device)
         if cfg.blur_p > 0:
-            x = torch.where(blur.view(-1, 1, 1, 1), gaussian_blur(x, sigma, self.kernel), x)
+            x = _on_samples(x, blur, self._blur, sigma, subset=subset)
         return self.normalizer(x)
+
+    def _blur(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return gaussian_blur(x, sigma, self.kernel)
 
 
 class CropFlipAugment:
@@ -224,7 +299,7 @@ class CropFlipAugment:
 
     def __call__(self, batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         n, device = batch.shape[0], batch.device
-        x = batch.float().div_(255)
+        x = torch.div(batch, 255)
         boxes = crop_boxes(n, x.shape[2], x.shape[3], self.scale, self.ratio, gen, device)
         flip = torch.rand(n, generator=gen, device=device) < self.flip_p
         return self.normalizer(resized_crop(x, boxes, self.size, flip, self.mode).clamp_(0, 1))
@@ -242,7 +317,7 @@ class EvalTransform:
         self.normalizer, self.size, self.resize, self.mode = normalizer, size, resize, mode
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        x = batch.float().div_(255)
+        x = torch.div(batch, 255)
         h, w = x.shape[-2:]
         if self.resize:
             short = min(h, w)

@@ -9,7 +9,7 @@ Run folders (under ``metrics/<dataset>/``):
 
 * Table 3: ``<method>/linear.json`` (``supervised/supervised.json``);
 * Table 4: ``mnclglf-lam<λ>/linear.json``; λ = 6 is the main ``mnclglf`` run;
-* Table 5: ``<run>/linear_e<epoch>.json`` (intermediate encoders) and ``<run>/linear.json``
+* Table 5: ``<run>/epochs/linear_e<epoch>.json`` (intermediate encoders) and ``<run>/linear.json``
   (the final one, the last column) for ``nnclr``, ``mnclglf-one``, ``mnclglf``. Our saved
   epochs map to the paper's 50/100/150 by equality when they are those, else by order (the
   smoke profile's 5/10/15 of 20 epochs), decided once per dataset (:func:`column_epochs`);
@@ -210,9 +210,10 @@ def seed_dirs(metrics_root: Path, dataset: str, run: str, seeds: list[int] | Non
 
 
 def _intermediate_epochs(run_dir: Path) -> list[int]:
-    if not run_dir.is_dir():
+    folder = run_dir / "epochs"
+    if not folder.is_dir():
         return []
-    return sorted(int(m.group(1)) for p in run_dir.iterdir() if (m := _EPOCH_FILE.match(p.name)) and p.is_file())
+    return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _EPOCH_FILE.match(p.name)) and p.is_file())
 
 
 def column_epochs(metrics_root: Path, dataset: str, runs: list[str], seeds: list[int] | None,
@@ -263,7 +264,7 @@ def fill(cells: list[Cell], metrics_root: Path | str, seeds: list[int] | None = 
             epoch: int | None = None
             if c.table == "table5" and not c.file:
                 epoch = col_epochs[c.dataset][c.checkpoint or 0]
-                path = run_dir / (f"linear_e{epoch}.json" if epoch is not None else "linear_e<none>.json")
+                path = run_dir / "epochs" / (f"linear_e{epoch}.json" if epoch is not None else "linear_e<none>.json")
             else:
                 path = run_dir / c.file
             if not path.is_file():

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from mnclglf.config import split_seed
 from mnclglf.errors import UserError
 from mnclglf.io import write_text
 from mnclglf.report.ablations import DISPLAY, TABLE3_ROWS
@@ -24,19 +25,11 @@ SMOKE_BANNER = ("**Bundled digits data; this checks the pipeline, not the paper'
                 "runs every stage on scikit-learn's 8×8 digits on the CPU with a tiny network and a short "
                 "schedule. Its accuracies are not comparable with the paper's CIFAR/TinyImageNet numbers, "
                 "which are printed beside them for reference only; no cell is judged against the paper.")
-_SEED = re.compile(r"^(?P<run>.+)-seed(?P<seed>\d+)$")
-
-
 def _read(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return {}
-
-
-def split_seed(name: str) -> tuple[str, int | None]:
-    m = _SEED.match(name)
-    return (m.group("run"), int(m.group("seed"))) if m else (name, None)
 
 
 def table_of(run: str, stage: str) -> str:
@@ -45,7 +38,7 @@ def table_of(run: str, stage: str) -> str:
         return "Table 4"
     if run.startswith("mnclglf-k"):
         return "Table 6"
-    if run == "mnclglf-one" or stage.startswith("linear_e"):
+    if run == "mnclglf-one" or stage == "linear_epochs":
         return "Table 5"
     return "Table 3"
 
@@ -61,7 +54,7 @@ def runs_found(metrics_root: Path, datasets: list[str]) -> list[dict[str, Any]]:
             run, seed = split_seed(d.name)
             pre = _read(d / "pretrain.json")
             res = _read(d / ("supervised.json" if run == "supervised" else "linear.json"))
-            inter = sorted(int(m.group(1)) for p in d.glob("linear_e*.json")
+            inter = sorted(int(m.group(1)) for p in d.glob("epochs/linear_e*.json")
                            if (m := re.match(r"linear_e(\d+)\.json$", p.name)))
             out.append({
                 "dataset": ds, "run": run, "seed": seed, "dir": d.name,
@@ -77,11 +70,14 @@ def runs_found(metrics_root: Path, datasets: list[str]) -> list[dict[str, Any]]:
 def env_records(metrics_root: Path, datasets: list[str]) -> list[dict[str, Any]]:
     recs = []
     for ds in datasets:
-        for p in sorted((metrics_root / ds).glob("*/env_*.json")) if (metrics_root / ds).is_dir() else []:
+        found = [*(metrics_root / ds).glob("*/env_*.json"), *(metrics_root / ds).glob("*/epochs/env_*.json")]
+        for p in sorted(found):
             r = _read(p)
             if r:
-                run, _ = split_seed(p.parent.name)
-                recs.append({**r, "_dataset": ds, "_run": run, "_stage": p.stem[len("env_"):], "_path": p})
+                kept = p.parent.name == "epochs"  # Table 5's probes of the intermediate encoders
+                run, _ = split_seed((p.parent.parent if kept else p.parent).name)
+                stage = "linear_epochs" if kept else p.stem[len("env_"):]
+                recs.append({**r, "_dataset": ds, "_run": run, "_stage": stage, "_path": p})
     return recs
 
 
@@ -108,11 +104,12 @@ def time_per_table(metrics_root: Path, datasets: list[str]) -> tuple[dict[str, d
         for d in base.iterdir():
             run, _ = split_seed(d.name)
             for fname, key in (("pretrain.json", "wall_s_this_run"), ("linear.json", "wall_s"),
-                               ("supervised.json", "wall_s"), *((p.name, "wall_s") for p in d.glob("linear_e*.json"))):
+                               ("supervised.json", "wall_s"),
+                               *((f"epochs/{p.name}", "wall_s") for p in d.glob("epochs/linear_e*.json"))):
                 m = _read(d / fname)
                 if key in m:
                     wall = float(m[key] or 0.0)
-                    t = acc[table_of(run, Path(fname).stem)]
+                    t = acc[table_of(run, "linear_epochs" if fname.startswith("epochs/") else Path(fname).stem)]
                     t["wall_h"] += wall / 3600
                     t["gpu_h"] += _gpu_hours(wall, 1, str(m.get("device", "")).startswith("cuda"))
                     t["stages"] += 1

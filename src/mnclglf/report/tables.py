@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from mnclglf.config import VARIANT_RUNS
+from mnclglf.config import VARIANT_RUNS, ablation_keys, split_seed
 from mnclglf.errors import UserError
 from mnclglf.io import write_text
 
@@ -39,7 +39,11 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def table3_rows(metrics_root: Path, datasets: list[str], paper: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per (dataset, method[, variant]) found under ``metrics_root``, in the paper's order."""
+    """One row per (dataset, method[, variant]) found under ``metrics_root``, in the paper's order.
+
+    Ablation runs (Tables 4-6) and repeat seeds (``<run>-seed<s>``, aggregated by ``mnclglf report``)
+    are not rows of Table 3.
+    """
     rows = []
     for dataset in datasets:
         base = metrics_root / dataset
@@ -47,6 +51,8 @@ def table3_rows(metrics_root: Path, datasets: list[str], paper: dict[str, Any]) 
             raise UserError(f"{base}: no results for dataset {dataset!r}; run its pretrain and linear-eval stages")
         for run_dir in sorted(p for p in base.iterdir() if p.is_dir()):
             method = run_dir.name
+            if ablation_keys(method) or split_seed(method)[1] is not None:
+                continue
             result_file = run_dir / ("supervised.json" if method == "supervised" else "linear.json")
             if not result_file.is_file():
                 continue

@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from mnclglf import config
 from mnclglf.errors import UserError
 from mnclglf.io import write_json
 from mnclglf.report.ablations import ABLATION_PAPER_DATASET, Cell, collect, load_paper
@@ -133,9 +134,7 @@ def profile_settings(raw: dict[str, Any], profile: str) -> dict[str, Any]:
         raise UserError(f"profiles.{profile}.datasets: empty")
     ablation = prof.get("ablation_dataset") or (ABLATION_PAPER_DATASET if ABLATION_PAPER_DATASET in datasets
                                                 else datasets[0])
-    seeds = raw.get("seeds")
-    if seeds is not None and (not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds) or not seeds):
-        raise UserError(f"seeds = {seeds!r}: expected a non-empty list of integers")
+    seeds = config.seeds(raw)
     return {"datasets": datasets, "ablation_dataset": ablation, "results": Path(prof.get("results", "results")),
             "seeds": seeds}
 
@@ -156,7 +155,6 @@ def profile_settings(raw: dict[str, Any], profile: str) -> dict[str, Any]:
 def verify_command(ctx: click.Context, tolerance: float, profile: str, paper_file: str, out_dir: str | None,
                    metrics_root: str, params_file: str) -> None:
     """Compare every reproduced cell of Tables 3-6 with the paper; exit 1 if any fails or is missing."""
-    from mnclglf import config
 
     s = profile_settings(config.read_params(params_file), profile)
     out = Path(out_dir) if out_dir else s["results"]

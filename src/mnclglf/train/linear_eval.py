@@ -6,6 +6,11 @@ on the training split, top-1/top-5 on the test split. The input sizes follow the
 encoder's pretraining size unless ``train_size`` / ``test_resize`` / ``test_crop`` say
 otherwise (the released code: RandomResizedCrop(224) for training, Resize(256) +
 CenterCrop(224) for testing, both bicubic).
+
+With ``augment: false`` the training images are not augmented: each passes the frozen
+encoder once, through the test transform, and the head trains on those cached features.
+That is the same computation as encoding every batch afresh (the encoder is frozen and
+in eval mode), at a fraction of the cost; the CPU profile uses it (docs/FIDELITY.md).
 """
 
 from __future__ import annotations
@@ -49,13 +54,16 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...
 
 
 @torch.no_grad()
+def encode(encoder: nn.Module, images: torch.Tensor, transform: EvalTransform, batch_size: int = 1024) -> torch.Tensor:
+    """Features of ``images`` through the deterministic test transform, in chunks."""
+    return torch.cat([encoder(transform(images[i:i + batch_size])) for i in range(0, images.shape[0], batch_size)])
+
+
+@torch.no_grad()
 def evaluate(encoder: nn.Module, head: nn.Module, images: torch.Tensor, labels: torch.Tensor,
              transform: EvalTransform, batch_size: int) -> dict[str, float]:
-    hits = {1: 0, 5: 0}
-    for i in range(0, images.shape[0], batch_size):
-        logits = head(encoder(transform(images[i:i + batch_size])))
-        for k, v in topk_accuracy(logits, labels[i:i + batch_size]).items():
-            hits[k] += v
+    logits = head(encode(encoder, images, transform, batch_size))
+    hits = topk_accuracy(logits, labels)
     n = images.shape[0]
     return {"top1": 100.0 * float(hits[1]) / n, "top5": 100.0 * float(hits[5]) / n}
 
@@ -63,6 +71,8 @@ def evaluate(encoder: nn.Module, head: nn.Module, images: torch.Tensor, labels: 
 def linear_eval(encoder_path: Path, cfg: LinearEvalConfig, data_root: str, seed: int, out_dir: Path,
                 metrics_path: Path, progress: bool = True) -> dict[str, Any]:
     device = pick_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     seed_everything(seed)
     encoder, payload = load_encoder(encoder_path, device)
     dataset = payload["dataset"]
@@ -89,6 +99,7 @@ def linear_eval(encoder_path: Path, cfg: LinearEvalConfig, data_root: str, seed:
 
     logger = EpochLogger(out_dir / "live", [])
     start = time.perf_counter()
+    cached = None if cfg.augment else encode(encoder, train_x, transform)
     with bar(progress) as pbar:
         task = pbar.add_task(f"linear-eval {payload['method']}@{dataset}", total=total, status="")
         for epoch in range(1, cfg.epochs + 1):
@@ -97,8 +108,11 @@ def linear_eval(encoder_path: Path, cfg: LinearEvalConfig, data_root: str, seed:
             for i, idx in enumerate(batches(n, bs, gens["order"], drop_last=False)):
                 set_lr(optimizer, cosine_lr((epoch - 1) * steps_per_epoch + i, total, cfg.lr))
                 idx = idx.to(device)
-                with torch.no_grad():
-                    feats = encoder(augment(train_x[idx], gens["augment"]))
+                if cached is None:
+                    with torch.no_grad():
+                        feats = encoder(augment(train_x[idx], gens["augment"]))
+                else:
+                    feats = cached[idx]
                 logits = head(feats)
                 loss = F.cross_entropy(logits, train_y[idx])
                 optimizer.zero_grad(set_to_none=True)
@@ -114,7 +128,7 @@ def linear_eval(encoder_path: Path, cfg: LinearEvalConfig, data_root: str, seed:
     result = evaluate(encoder, head, test_x, test_y, transform, 1024)
     metrics = {"dataset": dataset, "method": payload["method"], "variant": payload.get("variant"),
                "run": payload.get("run", payload["method"]), "pretrain_epoch": payload["epoch"], **result,
-               "epochs": cfg.epochs, "train_top1_last": row["train_top1"] if cfg.epochs else None,
+               "epochs": cfg.epochs, "augment": cfg.augment, "train_top1_last": row["train_top1"] if cfg.epochs else None,
                "wall_s": time.perf_counter() - start, "device": str(device)}
     write_json(metrics_path, metrics)
     return metrics
