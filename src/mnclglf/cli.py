@@ -158,8 +158,8 @@ def linear_eval(dataset: str, method: str, encoder_file: str | None, kept_epochs
               paths.kept_metrics_path(dataset, method, e)) for e in run_cfg.pretrain.keep_epochs] if kept_epochs
             else [(Path(encoder_file) if encoder_file else paths.encoder_path(dataset, method),
                    paths.linear_dir(dataset, method), paths.metrics_dir(dataset, method) / "linear.json")])
-    env = (paths.kept_metrics_path(dataset, method, 0).parent / "env_linear.json" if kept_epochs
-           else paths.metrics_dir(dataset, method) / "env_linear.json")
+    env = (paths.kept_metrics_dir(dataset, method) if kept_epochs else paths.metrics_dir(dataset, method)) \
+        / "env_linear.json"
     with recorded(env, run_cfg.seed):
         for encoder, out_dir, metrics in jobs:
             result = run(encoder, cfg, raw.get("data_root", "data"), run_cfg.seed, out_dir, metrics,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 RUNS = Path("runs")
 METRICS = Path("metrics")
+KEPT = "epochs"  # metrics/<dataset>/<method>/<KEPT>/: Table 5's probes of the intermediate encoders
 
 
 def pretrain_dir(dataset: str, method: str) -> Path:
@@ -44,5 +45,9 @@ def kept_linear_dir(dataset: str, method: str, epoch: int) -> Path:
     return RUNS / dataset / method / "linear_epochs" / f"e{epoch}"
 
 
+def kept_metrics_dir(dataset: str, method: str) -> Path:
+    return METRICS / dataset / method / KEPT
+
+
 def kept_metrics_path(dataset: str, method: str, epoch: int) -> Path:
-    return METRICS / dataset / method / "epochs" / f"linear_e{epoch}.json"
+    return kept_metrics_dir(dataset, method) / f"linear_e{epoch}.json"

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from mnclglf.errors import UserError
+from mnclglf.paths import KEPT
 from mnclglf.io import write_text
 
 TABLE3_ROWS = ["supervised", "mocov2", "simsiam", "simclr", "byol", "nnclr", "fastmoco", "mnclglf"]
@@ -209,8 +210,9 @@ def seed_dirs(metrics_root: Path, dataset: str, run: str, seeds: list[int] | Non
     return out
 
 
-def _intermediate_epochs(run_dir: Path) -> list[int]:
-    folder = run_dir / "epochs"
+def intermediate_epochs(run_dir: Path) -> list[int]:
+    """The pretraining epochs of a run folder's Table 5 probes (``<run>/epochs/linear_e<N>.json``)."""
+    folder = run_dir / KEPT
     if not folder.is_dir():
         return []
     return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _EPOCH_FILE.match(p.name)) and p.is_file())
@@ -226,7 +228,7 @@ def column_epochs(metrics_root: Path, dataset: str, runs: list[str], seeds: list
     profile: 5/10/15 of 20) the k-th smallest epoch fills the k-th column.
     """
     found = sorted({e for run in runs for _, d in seed_dirs(metrics_root, dataset, run, seeds)
-                    for e in _intermediate_epochs(d)})
+                    for e in intermediate_epochs(d)})
     if set(paper_epochs) <= set(found):
         return list(paper_epochs)
     return [found[i] if i < len(found) else None for i in range(len(paper_epochs))]
@@ -264,7 +266,7 @@ def fill(cells: list[Cell], metrics_root: Path | str, seeds: list[int] | None = 
             epoch: int | None = None
             if c.table == "table5" and not c.file:
                 epoch = col_epochs[c.dataset][c.checkpoint or 0]
-                path = run_dir / "epochs" / (f"linear_e{epoch}.json" if epoch is not None else "linear_e<none>.json")
+                path = run_dir / KEPT / (f"linear_e{epoch}.json" if epoch is not None else "linear_e<none>.json")
             else:
                 path = run_dir / c.file
             if not path.is_file():

@@ -9,7 +9,6 @@ it took (wall time and GPU-hours per table, summed from those records), the verd
 from __future__ import annotations
 
 import json
-import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,8 @@ import click
 from mnclglf.config import split_seed
 from mnclglf.errors import UserError
 from mnclglf.io import write_text
-from mnclglf.report.ablations import DISPLAY, TABLE3_ROWS
+from mnclglf.paths import KEPT
+from mnclglf.report.ablations import DISPLAY, TABLE3_ROWS, intermediate_epochs
 
 SMOKE_BANNER = ("**Bundled digits data; this checks the pipeline, not the paper's numbers.** The smoke profile "
                 "runs every stage on scikit-learn's 8×8 digits on the CPU with a tiny network and a short "
@@ -54,8 +54,7 @@ def runs_found(metrics_root: Path, datasets: list[str]) -> list[dict[str, Any]]:
             run, seed = split_seed(d.name)
             pre = _read(d / "pretrain.json")
             res = _read(d / ("supervised.json" if run == "supervised" else "linear.json"))
-            inter = sorted(int(m.group(1)) for p in d.glob("epochs/linear_e*.json")
-                           if (m := re.match(r"linear_e(\d+)\.json$", p.name)))
+            inter = intermediate_epochs(d)
             out.append({
                 "dataset": ds, "run": run, "seed": seed, "dir": d.name,
                 "method": res.get("method") or pre.get("method") or run,
@@ -70,11 +69,11 @@ def runs_found(metrics_root: Path, datasets: list[str]) -> list[dict[str, Any]]:
 def env_records(metrics_root: Path, datasets: list[str]) -> list[dict[str, Any]]:
     recs = []
     for ds in datasets:
-        found = [*(metrics_root / ds).glob("*/env_*.json"), *(metrics_root / ds).glob("*/epochs/env_*.json")]
+        found = [*(metrics_root / ds).glob("*/env_*.json"), *(metrics_root / ds).glob(f"*/{KEPT}/env_*.json")]
         for p in sorted(found):
             r = _read(p)
             if r:
-                kept = p.parent.name == "epochs"  # Table 5's probes of the intermediate encoders
+                kept = p.parent.name == KEPT  # Table 5's probes of the intermediate encoders
                 run, _ = split_seed((p.parent.parent if kept else p.parent).name)
                 stage = "linear_epochs" if kept else p.stem[len("env_"):]
                 recs.append({**r, "_dataset": ds, "_run": run, "_stage": stage, "_path": p})
@@ -105,11 +104,11 @@ def time_per_table(metrics_root: Path, datasets: list[str]) -> tuple[dict[str, d
             run, _ = split_seed(d.name)
             for fname, key in (("pretrain.json", "wall_s_this_run"), ("linear.json", "wall_s"),
                                ("supervised.json", "wall_s"),
-                               *((f"epochs/{p.name}", "wall_s") for p in d.glob("epochs/linear_e*.json"))):
+                               *((f"{KEPT}/{p.name}", "wall_s") for p in d.glob(f"{KEPT}/linear_e*.json"))):
                 m = _read(d / fname)
                 if key in m:
                     wall = float(m[key] or 0.0)
-                    t = acc[table_of(run, "linear_epochs" if fname.startswith("epochs/") else Path(fname).stem)]
+                    t = acc[table_of(run, "linear_epochs" if fname.startswith(f"{KEPT}/") else Path(fname).stem)]
                     t["wall_h"] += wall / 3600
                     t["gpu_h"] += _gpu_hours(wall, 1, str(m.get("device", "")).startswith("cuda"))
                     t["stages"] += 1
