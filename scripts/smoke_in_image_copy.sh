@@ -138,4 +138,5 @@ cd "$dest"
 ln -s "$venv" .venv
 echo "make smoke in $dest (no .git; DVC core.no_scm)" >&2
 PYTHONPATH="$dest/src${PYTHONPATH:+:$PYTHONPATH}" make smoke
-[[ $keep == 1 ]] && echo "kept: $dest"
+# An if, not `[[ ]] && echo`: as the last command that list would be the script's exit status (1).
+if [[ $keep == 1 ]]; then echo "kept: $dest"; fi

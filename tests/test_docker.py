@@ -132,6 +132,44 @@ def image_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
+def _stub_venv_and_make(tmp_path: Path, make_rc: int) -> dict[str, str]:
+    """A venv stamped for the current lock (python = this interpreter) and a `make` that records
+    where and how it ran, then exits with make_rc: the script's smoke mode without the 14-minute run."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    lock_hash = subprocess.run("cat requirements.lock pyproject.toml | sha256sum | cut -c1-16", shell=True,
+                               cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    (venv / f".installed-{lock_hash}").touch()
+    stub_bin = tmp_path / "bin"
+    stub_bin.mkdir()
+    record = tmp_path / "make.txt"
+    (stub_bin / "make").write_text(
+        "#!/usr/bin/env bash\n"
+        f'{{ echo "$PWD|$*|$PYTHONPATH"; readlink .venv; [[ -e .git ]] && echo has-git; }} > "{record}"\n'
+        f"exit {make_rc}\n")
+    (stub_bin / "make").chmod(0o755)
+    return {**os.environ, "VENV": str(venv), "PATH": f"{stub_bin}:{os.environ['PATH']}", "TMPDIR": str(tmp_path)}
+
+
+@pytest.mark.parametrize("make_rc", [0, 3])
+def test_smoke_mode_runs_make_smoke_in_the_copy_and_exits_with_its_status(tmp_path: Path, make_rc: int) -> None:
+    """CI's last step: the script's exit status is make smoke's (a trailing `[[ ]] && ...` once made a
+    green smoke exit 1), the copy has no .git, its .venv links to the given venv, and it is removed."""
+    if shutil.which("bash") is None:
+        pytest.skip("bash not available")
+    env = _stub_venv_and_make(tmp_path, make_rc)
+    res = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == make_rc, res.stdout + res.stderr
+    where, args, pythonpath = (tmp_path / "make.txt").read_text().splitlines()[0].split("|")
+    assert args == "smoke"
+    assert Path(where).parent == tmp_path and where != str(REPO)
+    assert pythonpath.split(":")[0] == f"{where}/src"
+    lines = (tmp_path / "make.txt").read_text().splitlines()
+    assert lines[1] == str(tmp_path / "venv") and "has-git" not in lines
+    assert not Path(where).exists(), "the temporary copy was not removed"
+
+
 def _clean_env(copy: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MNCLGLF_")}
     env["PYTHONPATH"] = str(copy / "src")  # the copy's code, not the checkout's editable install
