@@ -326,3 +326,23 @@ def test_summary_smoke_profile_is_honest(tmp_path: Path) -> None:
     assert "**Pipeline check**" in text and "No cell is compared with the paper" in text
     assert "No environment records" in text and "cpu" in text
     assert "no environment records found" in text  # the time comes from the metrics files then
+
+
+def test_time_per_table_without_environment_records(tmp_path: Path) -> None:
+    """The fallback sums the metrics files' wall times and files each under its table: an ablation
+    run under Table 4, a kept-encoder probe under Table 5, a main run's stages under Table 3."""
+    from mnclglf.report.summary import time_per_table
+
+    files = {"mnclglf-lam2/pretrain.json": {"wall_s_this_run": 3600.0, "device": "cuda:0"},
+             "nnclr/pretrain.json": {"wall_s_this_run": 7200.0, "device": "cuda:0"},
+             "nnclr/linear.json": {"wall_s": 1800.0, "device": "cuda:0"},
+             "nnclr/epochs/linear_e50.json": {"wall_s": 360.0, "device": "cuda:0"},
+             "supervised/supervised.json": {"wall_s": 900.0, "device": "cpu"}}
+    for rel, payload in files.items():
+        (tmp_path / "cifar10" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "cifar10" / rel).write_text(json.dumps(payload))
+    times, source = time_per_table(tmp_path, ["cifar10"])
+    assert "no environment records found" in source
+    assert times["Table 3"] == {"wall_h": 2.75, "gpu_h": 2.5, "stages": 3}
+    assert times["Table 4"] == {"wall_h": 1.0, "gpu_h": 1.0, "stages": 1}
+    assert times["Table 5"] == {"wall_h": 0.1, "gpu_h": 0.1, "stages": 1}

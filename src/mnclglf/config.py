@@ -575,7 +575,7 @@ def run_config(raw: dict[str, Any], dataset: str, method: str) -> RunConfig:
         for layer in (own, over, hook, {"mnclglf": ablation}):
             merged = deep_merge(merged, layer.get(section) or {})
         sections[section] = build(cls, merged, section)
-    seed = seed_override if seed_override is not None else _coerce("seed", raw.get("seed", 0), int, {"ge": 0})
+    seed = seed_override if seed_override is not None else seeds(raw)[0]
     data_root = _coerce("data_root", raw.get("data_root", "data"), str, {})
     cfg = RunConfig(dataset=dataset, method=method, seed=seed, data_root=data_root, **sections)
     base = base_method(method)

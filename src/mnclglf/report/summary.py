@@ -25,6 +25,9 @@ SMOKE_BANNER = ("**Bundled digits data; this checks the pipeline, not the paper'
                 "runs every stage on scikit-learn's 8×8 digits on the CPU with a tiny network and a short "
                 "schedule. Its accuracies are not comparable with the paper's CIFAR/TinyImageNet numbers, "
                 "which are printed beside them for reference only; no cell is judged against the paper.")
+KEPT_STAGE = "linear_epochs"  # the stage name of Table 5's probes of the intermediate encoders
+
+
 def _read(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
@@ -38,7 +41,7 @@ def table_of(run: str, stage: str) -> str:
         return "Table 4"
     if run.startswith("mnclglf-k"):
         return "Table 6"
-    if run == "mnclglf-one" or stage == "linear_epochs":
+    if run == "mnclglf-one" or stage == KEPT_STAGE:
         return "Table 5"
     return "Table 3"
 
@@ -75,7 +78,7 @@ def env_records(metrics_root: Path, datasets: list[str]) -> list[dict[str, Any]]
             if r:
                 kept = p.parent.name == KEPT  # Table 5's probes of the intermediate encoders
                 run, _ = split_seed((p.parent.parent if kept else p.parent).name)
-                stage = "linear_epochs" if kept else p.stem[len("env_"):]
+                stage = KEPT_STAGE if kept else p.stem[len("env_"):]
                 recs.append({**r, "_dataset": ds, "_run": run, "_stage": stage, "_path": p})
     return recs
 
@@ -102,13 +105,14 @@ def time_per_table(metrics_root: Path, datasets: list[str]) -> tuple[dict[str, d
             continue
         for d in base.iterdir():
             run, _ = split_seed(d.name)
-            for fname, key in (("pretrain.json", "wall_s_this_run"), ("linear.json", "wall_s"),
-                               ("supervised.json", "wall_s"),
-                               *((f"{KEPT}/{p.name}", "wall_s") for p in d.glob(f"{KEPT}/linear_e*.json"))):
+            for fname, key, stage in (("pretrain.json", "wall_s_this_run", "pretrain"),
+                                      ("linear.json", "wall_s", "linear"), ("supervised.json", "wall_s", "supervised"),
+                                      *((f"{KEPT}/linear_e{e}.json", "wall_s", KEPT_STAGE)
+                                        for e in intermediate_epochs(d))):
                 m = _read(d / fname)
                 if key in m:
                     wall = float(m[key] or 0.0)
-                    t = acc[table_of(run, "linear_epochs" if fname.startswith(f"{KEPT}/") else Path(fname).stem)]
+                    t = acc[table_of(run, stage)]
                     t["wall_h"] += wall / 3600
                     t["gpu_h"] += _gpu_hours(wall, 1, str(m.get("device", "")).startswith("cuda"))
                     t["stages"] += 1

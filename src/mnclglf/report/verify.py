@@ -155,7 +155,6 @@ def profile_settings(raw: dict[str, Any], profile: str) -> dict[str, Any]:
 def verify_command(ctx: click.Context, tolerance: float, profile: str, paper_file: str, out_dir: str | None,
                    metrics_root: str, params_file: str) -> None:
     """Compare every reproduced cell of Tables 3-6 with the paper; exit 1 if any fails or is missing."""
-
     s = profile_settings(config.read_params(params_file), profile)
     out = Path(out_dir) if out_dir else s["results"]
     cells, ok = verify(Path(metrics_root), Path(paper_file), tolerance, profile, datasets=s["datasets"],
