@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,8 @@ import torch
 import yaml
 
 from mnclglf import config
+from mnclglf.errors import UserError
+from mnclglf.paths import KEPT_ENCODER
 from mnclglf.train import pretrain as pt
 
 
@@ -104,3 +107,33 @@ def test_sigkill_then_rerun_completes(resume_raw: dict, tmp_path: Path) -> None:
     assert torch.load(ckpt_file, weights_only=False)["epoch"] == 3
     assert (tmp_path / "runs" / "digits" / "mnclglf" / "pretrain" / pt.ENCODER_FILE).is_file()
     assert not list((tmp_path / "runs" / "digits" / "mnclglf" / "ckpt").glob("*.tmp"))
+
+
+def kept_weights(out: Path, epoch: int) -> dict[str, torch.Tensor]:
+    return torch.load(out / "pre" / KEPT_ENCODER.format(epoch), weights_only=False)["backbone"]
+
+
+def test_kept_encoders_survive_a_resumed_rerun(resume_raw: dict, tmp_path: Path, monkeypatch) -> None:
+    """DVC empties the output folder before a rerun, and a resumed run does not pass the kept epochs
+    again: the kept encoders come back all the same, equal to an uninterrupted run's (Table 5)."""
+    torch.set_num_threads(1)
+    resume_raw["pretrain"]["keep_epochs"] = [1]
+    (tmp_path / "b" / "ckpt").mkdir(parents=True)
+    (tmp_path / "b" / "ckpt" / KEPT_ENCODER.format(9)).write_text("an earlier configuration's")
+    run(resume_raw, tmp_path / "a")
+    run(resume_raw, tmp_path / "b", crash_after_steps=1437 // 128 + 2, monkeypatch=monkeypatch)
+    assert not (tmp_path / "b" / "ckpt" / KEPT_ENCODER.format(9)).exists()  # a fresh start clears stale ones
+    for rerun in range(2):  # resume mid-run, then rerun the finished run: each time after DVC's cleanup
+        shutil.rmtree(tmp_path / "b" / "pre")
+        run(resume_raw, tmp_path / "b")
+        a, b = kept_weights(tmp_path / "a", 1), kept_weights(tmp_path / "b", 1)
+        assert all(torch.equal(a[k], b[k]) for k in a), rerun
+    (tmp_path / "b" / "ckpt" / KEPT_ENCODER.format(1)).unlink()
+    with pytest.raises(UserError, match=r"encoder_e1\.pt: the encoder kept at epoch 1 .* is missing"):
+        run(resume_raw, tmp_path / "b")
+
+
+def test_keep_epochs_outside_the_run_are_refused(resume_raw: dict) -> None:
+    resume_raw["pretrain"]["keep_epochs"] = [1, 3]
+    with pytest.raises(UserError, match=r"pretrain.keep_epochs: epoch 3 is not in 1..pretrain.epochs \(2\)"):
+        config.run_config(resume_raw, "digits", "mnclglf")

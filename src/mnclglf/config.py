@@ -583,6 +583,10 @@ def run_config(raw: dict[str, Any], dataset: str, method: str) -> RunConfig:
         size = getattr(cfg, name).queue_size
         if base == name and size < cfg.pretrain.batch_size:
             raise UserError(f"{name}.queue_size = {size}: must be >= pretrain.batch_size ({cfg.pretrain.batch_size})")
+    outside = [e for e in cfg.pretrain.keep_epochs if not 1 <= e <= cfg.pretrain.epochs]
+    if outside:
+        raise UserError(f"pretrain.keep_epochs: epoch {outside[0]} is not in 1..pretrain.epochs ({cfg.pretrain.epochs}); "
+                        f"it would never be kept")
     if base == "mnclglf":
         mc = cfg.mnclglf
         label = VARIANT_RUNS[run][1] if run in VARIANT_RUNS else "paper"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,3 +44,14 @@ def write_text(path: Path | str, text: str) -> None:
     """Write ``text`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def link_or_copy(src: Path | str, dst: Path | str) -> None:
+    """Put ``src``'s content at ``dst`` atomically: a hard link (no second copy on disk), or a copy
+    where the two paths are on different file systems."""
+    with atomic_path(dst) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)

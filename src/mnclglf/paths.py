@@ -1,7 +1,7 @@
 """Where each stage reads and writes: the one layout ``dvc.yaml`` and the CLI share.
 
 runs/<dataset>/<method>/pretrain/   encoder.pt, encoder_e<N>.pt, live/ (DVCLive curves)
-runs/<dataset>/<method>/ckpt/       checkpoint.pt (DVC ``persist``: survives a rerun)
+runs/<dataset>/<method>/ckpt/       checkpoint.pt, encoder_e<N>.pt (DVC ``persist``: survives a rerun)
 runs/<dataset>/<method>/linear/     live/ of the linear probe
 runs/<dataset>/<method>/linear_epochs/e<N>/   live/ of the probe of encoder_e<N>.pt (Table 5)
 metrics/<dataset>/<method>/         pretrain.json, linear.json (DVC metrics)
@@ -15,6 +15,7 @@ from pathlib import Path
 RUNS = Path("runs")
 METRICS = Path("metrics")
 KEPT = "epochs"  # metrics/<dataset>/<method>/<KEPT>/: Table 5's probes of the intermediate encoders
+KEPT_ENCODER = "encoder_e{}.pt"  # the encoder kept at a pretrain.keep_epochs epoch (format with the epoch)
 
 
 def pretrain_dir(dataset: str, method: str) -> Path:
@@ -38,7 +39,7 @@ def encoder_path(dataset: str, method: str) -> Path:
 
 
 def kept_encoder_path(dataset: str, method: str, epoch: int) -> Path:
-    return pretrain_dir(dataset, method) / f"encoder_e{epoch}.pt"
+    return pretrain_dir(dataset, method) / KEPT_ENCODER.format(epoch)
 
 
 def kept_linear_dir(dataset: str, method: str, epoch: int) -> Path:

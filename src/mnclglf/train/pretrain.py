@@ -22,9 +22,10 @@ from mnclglf.config import RunConfig, base_method, to_dict
 from mnclglf.data.augment import CropFlipAugment, SSLAugment, make_normalizer
 from mnclglf.data.store import load_meta, load_split
 from mnclglf.errors import UserError
-from mnclglf.io import write_json
+from mnclglf.io import link_or_copy, write_json
 from mnclglf.methods import Method, build_method
 from mnclglf.models import ResNet18
+from mnclglf.paths import KEPT_ENCODER
 from mnclglf.train import checkpoint as ckpt
 from mnclglf.train.fast import apply_speed
 from mnclglf.train.env import batches, make_generator, pick_device, seed_everything
@@ -128,6 +129,21 @@ def encoder_payload(cfg: RunConfig, backbone: torch.nn.Module, epoch: int,
     }
 
 
+def publish_kept_encoders(epochs: tuple[int, ...], ckpt_dir: Path, out_dir: Path) -> None:
+    """Link the kept encoders from the checkpoint folder into the output folder.
+
+    They are written to the checkpoint folder (DVC ``persist``) because DVC empties the output folder
+    before it reruns a stage, and a run that resumes from its checkpoint does not pass the kept
+    epochs again; each run, fresh or resumed, then publishes all of them.
+    """
+    for epoch in epochs:
+        src = ckpt_dir / KEPT_ENCODER.format(epoch)
+        if not src.is_file():
+            raise UserError(f"{src}: the encoder kept at epoch {epoch} (pretrain.keep_epochs) is missing; delete "
+                            f"{ckpt_dir} to pretrain this run again")
+        link_or_copy(src, out_dir / KEPT_ENCODER.format(epoch))
+
+
 def pretrain(cfg: RunConfig, out_dir: Path, ckpt_dir: Path, metrics_path: Path, progress: bool = True) -> dict[str, Any]:
     """Pretrain ``cfg.method`` on ``cfg.dataset``; write the encoder, DVCLive curves and a summary."""
     from mnclglf.train.logger import EpochLogger
@@ -144,7 +160,10 @@ def pretrain(cfg: RunConfig, out_dir: Path, ckpt_dir: Path, metrics_path: Path, 
     ckpt_path = ckpt_dir / CHECKPOINT_FILE
     state = ckpt.load_if_matching(ckpt_path, fingerprint)
     epoch0, history, init_std = 0, [], None
-    if state is not None:
+    if state is None:  # a fresh start: no kept encoder of an earlier configuration may be published
+        for stale in ckpt_dir.glob(KEPT_ENCODER.format("*")):
+            stale.unlink()
+    else:
         s.method.load_state_dict(state["method"])
         s.optimizer.load_state_dict(state["optimizer"])
         ckpt.restore_rng(state["rng"], s.gens)
@@ -178,8 +197,9 @@ def pretrain(cfg: RunConfig, out_dir: Path, ckpt_dir: Path, metrics_path: Path, 
             history.append(entry)
             logger.log(entry)
             pbar.update(task, status=f"loss {entry['loss']:.3f}")
-            if epoch in cfg.pretrain.keep_epochs:
-                ckpt.save(out_dir / f"encoder_e{epoch}.pt", encoder_payload(cfg, s.method.backbone, epoch, s.mean_std, int(s.images.shape[-1])))
+            if epoch in cfg.pretrain.keep_epochs:  # into the persistent folder: a resumed run does not pass here again
+                ckpt.save(ckpt_dir / KEPT_ENCODER.format(epoch),
+                          encoder_payload(cfg, s.method.backbone, epoch, s.mean_std, int(s.images.shape[-1])))
             if epoch % cfg.pretrain.checkpoint_every == 0 or epoch == cfg.pretrain.epochs:
                 ckpt.save(ckpt_path, {
                     "fingerprint": fingerprint, "epoch": epoch, "history": history, "init_std": init_std,
@@ -187,6 +207,7 @@ def pretrain(cfg: RunConfig, out_dir: Path, ckpt_dir: Path, metrics_path: Path, 
                     "rng": ckpt.rng_state(s.gens),
                 })
     logger.close()
+    publish_kept_encoders(cfg.pretrain.keep_epochs, ckpt_dir, out_dir)
     ckpt.save(out_dir / ENCODER_FILE, encoder_payload(cfg, s.method.backbone, cfg.pretrain.epochs, s.mean_std, int(s.images.shape[-1])))
     stds = [h["embedding_std"] for h in history if "embedding_std" in h]
     summary = {
