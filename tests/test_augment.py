@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+from typing import Any
+
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mnclglf.config import AugmentConfig
 from mnclglf.data import augment as A
@@ -124,3 +128,148 @@ def test_probabilities_are_respected(p: float) -> None:
     assert bool(is_gray.all()) == (p == 1.0)
     if p == 0.0:
         torch.testing.assert_close(out, images.float() / 255)
+
+
+# -- the whole-batch (GPU) jitter path against the implementation it replaced --------------------
+# A frozen copy of the earlier whole-batch path (every operation on the whole batch at every one of
+# the four positions, the result selected per sample): the reference the new path must equal bit
+# for bit. Kept here, not in src, so that later edits of the package's helpers cannot move it.
+_OLD_GRAY = (0.2989, 0.587, 0.114)
+_OLD_SECTORS = torch.tensor([[0, 3, 2], [1, 0, 2], [2, 0, 3], [2, 1, 0], [3, 2, 0], [0, 2, 1]])
+
+
+def _old_gray(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(1)
+    return (_OLD_GRAY[0] * r + _OLD_GRAY[1] * g + _OLD_GRAY[2] * b).unsqueeze(1)
+
+
+def _old_blend(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return (f.view(-1, 1, 1, 1) * a + (1 - f.view(-1, 1, 1, 1)) * b).clamp(0, 1)
+
+
+def _old_brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return (f.view(-1, 1, 1, 1) * x).clamp_(0, 1)
+
+
+def _old_contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return _old_blend(x, _old_gray(x).mean(dim=(1, 2, 3), keepdim=True), f)
+
+
+def _old_saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return _old_blend(x, _old_gray(x), f)
+
+
+def _old_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(1)
+    maxc, minc = x.amax(1), x.amin(1)
+    delta = maxc - minc
+    s = torch.where(maxc > 0, delta / maxc.clamp(min=1e-12), 0.0)
+    safe = torch.where(delta > 0, delta, 1.0)
+    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
+    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    h = torch.where(delta > 0, (h / 6.0) % 1.0, 0.0)
+    h6 = ((h + shift.view(-1, 1, 1)) % 1.0) * 6.0
+    i = torch.floor(h6)
+    f = h6 - i
+    p, q, t = maxc * (1 - s), maxc * (1 - s * f), maxc * (1 - s * (1 - f))
+    planes = torch.stack([maxc, q, p, t], 1)
+    return planes.gather(1, _OLD_SECTORS.to(x.device)[i.long() % 6].permute(0, 3, 1, 2))
+
+
+def _old_whole_batch_jitter(x: torch.Tensor, strength: tuple[float, float, float, float],
+                            apply: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    n, device = x.shape[0], x.device
+    b, c, s, hue = strength
+    fb = torch.rand(n, generator=gen, device=device) * (1 + b - max(0.0, 1 - b)) + max(0.0, 1 - b)
+    fc = torch.rand(n, generator=gen, device=device) * (1 + c - max(0.0, 1 - c)) + max(0.0, 1 - c)
+    fs = torch.rand(n, generator=gen, device=device) * (1 + s - max(0.0, 1 - s)) + max(0.0, 1 - s)
+    fh = torch.rand(n, generator=gen, device=device) * (2 * hue) - hue
+    order = torch.rand(n, 4, generator=gen, device=device).argsort(1)
+    ops = [(_old_brightness, fb), (_old_contrast, fc), (_old_saturation, fs),
+           (_old_hue, fh) if hue > 0 else None]
+    for pos in range(4):
+        for k, op in enumerate(ops):
+            if op is not None:
+                mask = (apply & (order[:, pos] == k)).view(-1, 1, 1, 1)
+                x = torch.where(mask, op[0](x, op[1]), x)
+    return x
+
+
+def _edgy_images(n: int, size: int, gen: torch.Generator) -> torch.Tensor:
+    """Random images in [0, 1] with exact 0s and 1s, gray pixels and ties between channels: the
+    branches of the HSV conversion and the clamp's boundary."""
+    x = torch.rand(n, 3, size, size, generator=gen)
+    x = torch.where(torch.rand(x.shape, generator=gen) < 0.1, (x > 0.5).float(), x)
+    tie = torch.rand(n, size, size, generator=gen) < 0.2
+    x[:, 1] = torch.where(tie, x[:, 0], x[:, 1])
+    x[:, 2] = torch.where(torch.rand(n, size, size, generator=gen) < 0.1, x[:, 1], x[:, 2])
+    x[: n // 4, :, : size // 2] = x[: n // 4, :1, : size // 2]  # gray regions: delta = 0
+    return x
+
+
+@pytest.mark.parametrize("size", [1, 5, 16, 33])
+def test_whole_batch_jitter_equals_the_old_whole_batch_path(size: int) -> None:
+    """The fused sync-free path (three blend passes, hue once, three blend passes) gives the old
+    path's floats bit for bit and draws the same numbers, for every order of the four operations,
+    with hue on and off, jitter on all, none or some samples, and factors that clamp."""
+    perms, clamped = set(), False
+    strengths = [(0.4, 0.4, 0.4, 0.1), (0.9, 0.8, 1.0, 0.5), (1.0, 1.0, 1.0, 0.0),
+                 (0.0, 0.6, 0.0, 0.3), (2.0, 2.0, 2.0, 0.5)]
+    for seed, (strength, p) in enumerate(itertools.product(strengths, (1.0, 0.7, 0.0))):
+        gen = torch.Generator().manual_seed(seed)
+        n = 48 + seed % 5
+        x = _edgy_images(n, size, gen)
+        apply = torch.rand(n, generator=gen) < p
+        g_new, g_old = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        new = A.color_jitter(x, strength, apply, g_new, subset=False)
+        old = _old_whole_batch_jitter(x.clone(), strength, apply, g_old)
+        assert torch.equal(new.view(torch.int32), old.view(torch.int32)), (size, strength, p)
+        assert torch.equal(g_new.get_state(), g_old.get_state())
+        draws = torch.Generator().manual_seed(seed)
+        torch.rand(4, n, generator=draws)
+        order = torch.rand(n, 4, generator=draws).argsort(1)
+        perms |= {tuple(o) for o in order[apply].tolist()}
+        clamped |= bool(((new == 0) | (new == 1))[apply].any()) and strength[0] >= 1
+    assert len(perms) == 24 and clamped
+
+
+class _OpRecorder(TorchDispatchMode):
+    """The aten ops a region dispatches, with whether any takes a boolean index tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (),
+                           kwargs: dict | None = None) -> Any:
+        name = func._schema.name.removeprefix("aten::")
+        flat = [a for arg in args for a in (arg if isinstance(arg, (list, tuple)) else (arg,))]
+        masks = [a for a in flat[1:] if isinstance(a, torch.Tensor)
+                 and a.dtype in (torch.bool, torch.uint8)]
+        if name.startswith("index") and masks:
+            name += "(boolean mask)"
+        self.names.add(name)
+        return func(*args, **(kwargs or {}))
+
+
+# Ops whose output shape or control flow depends on the data: on a GPU each reads back to the host.
+_SYNCING = {"nonzero", "nonzero_static", "_local_scalar_dense", "masked_select", "masked_scatter",
+            "bincount", "unique", "_unique", "_unique2", "unique_consecutive", "unique_dim",
+            "repeat_interleave", "item", "equal", "is_nonzero"}
+
+
+def test_whole_batch_path_issues_no_data_dependent_ops() -> None:
+    """The GPU path (jitter, grayscale, blur) has shapes fixed by the batch alone: no op that
+    would make a GPU wait for the host. The subset path is the positive control."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (16, 3, 12, 12), dtype=torch.uint8, generator=gen)
+    norm = A.make_normalizer("dataset", images, torch.device("cpu"))
+    aug = A.SSLAugment(AugmentConfig(blur_p=0.5, gray_p=0.5), norm, 12)
+    recorded = {}
+    for subset in (False, True):
+        aug.subset = subset
+        with _OpRecorder() as rec:
+            aug(images, torch.Generator().manual_seed(1))
+        recorded[subset] = {n for n in rec.names if n in _SYNCING or n.endswith("(boolean mask)")}
+    assert recorded[False] == set()
+    assert "nonzero" in recorded[True]

@@ -201,6 +201,11 @@ def test_bench_runs_without_dvc(tmp_path):
     assert m["step"]["n"] == 2 and m["step"]["flops_per_image"] > 0 and m["step"]["images_per_s"] > 0
     assert m["step"]["achieved_flops_per_s"] > 0 and m["step"]["fraction_of_peak_bf16"] is None  # CPU
     assert m["step"]["memory"]["ru_maxrss_bytes"] > 0
+    assert (m["step"]["augment_views"], c["step"]["augment_views"]) == (3, 2)
+    for r in runs:  # the step's views at the timed per-view median, over the step's median
+        st, b = r["step"], r["augment"]["batched"]
+        share = b["ms_median"] / 3 * st["augment_views"] / st["ms_median"]
+        assert st["augment_share"] == pytest.approx(share)
     assert m["reference"]["n"] == 2 and m["reference"]["speedup_of_step"] > 0
     assert c["reference"] == {"skipped": "the Algorithm 1 reference exists for the mnclglf paper variant only"}
     for r in runs:

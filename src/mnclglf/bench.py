@@ -12,7 +12,8 @@ images held on the device, :func:`run_bench` times after warm-up, synchronising 
   (augmentation, forward, backward, optimiser, EMA, queue), with the ``speed`` fast paths
   of the configuration; images/s, ms per step, peak memory, the model FLOPs per image
   (``torch.utils.flop_counter.FlopCounterMode`` on one step's forward + backward), the
-  achieved FLOP/s and, on a GPU, the fraction of the device's dense bf16 peak;
+  achieved FLOP/s and, on a GPU, the fraction of the device's dense bf16 peak; ``augment_share``:
+  the step's views at the batched augmentation's median per view, as a share of the step;
 * **reference** (``mnclglf`` paper variant) — the plain eager transcription of
   Algorithm 1 in ``bench_reference``, on the same initial weights, shapes and views,
   interleaved step by step with the package's step so that both see the same load.
@@ -502,6 +503,12 @@ def run_bench(method: str = "mnclglf", variant: str = "paper", n: int = 50000, h
         "fraction_of_peak_bf16": (flops_step / flop_images * batch_size / sec / peak) if peak else None,
         "memory": memory,
     })
+    # the step's views at the batched median per view, over the step's median; None where the
+    # timed augmentation is not the step's (supervised runs crop and flip only)
+    per_view = augment["batched"]["ms_median"] / 3
+    step["augment_views"] = s.method.n_views
+    share = per_view * s.method.n_views / step["ms_median"]
+    step["augment_share"] = share if aug is s.augment else None
     result: dict[str, Any] = {
         "schema": SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -634,6 +641,9 @@ def render(result: dict[str, Any]) -> Any:
                      f"ru_maxrss {_fmt_bytes(mem['ru_maxrss_bytes'])}")
     t.add_row("training step (train_step)", f"{st['ms_median']:.1f}", f"{st['images_per_s']:,.1f}",
               f"median of {st['n']}; {mem_note}")
+    if st.get("augment_share") is not None:
+        t.add_row("  augment share of step", "", "", f"{st['augment_share'] * 100:.1f}% "
+                  f"({st['augment_views']} views at the batched median per view)")
     peak = f", {st['fraction_of_peak_bf16'] * 100:.1f}% of bf16 peak" if st["fraction_of_peak_bf16"] else ""
     t.add_row("  model FLOPs", "", "", f"{_fmt_flops(st['flops_per_image'])}FLOP/image (fwd+bwd), "
                                        f"{_fmt_flops(st['achieved_flops_per_s'])}FLOP/s achieved{peak}")

@@ -6,7 +6,8 @@ and these functions turn it into float views in a handful of large kernels: one
 order per sample, as torchvision does), grayscale, and a per-sample-sigma Gaussian
 blur as one grouped convolution. On the CPU each jitter operation, the grayscale and
 the blur run only on the samples drawn for them; on a GPU on the whole batch, the
-result selected per sample, so that no index is read back to the host. Randomness
+result selected per sample, so that no index is read back to the host (the jitter's
+three blends fused into one pass per position, its hue round trip run once). Randomness
 comes from an explicit ``torch.Generator`` so that a checkpoint can restore it.
 """
 
@@ -169,9 +170,10 @@ def color_jitter(x: torch.Tensor, strength: tuple[float, float, float, float], a
                  gen: torch.Generator, subset: bool | None = None) -> torch.Tensor:
     """torchvision's ColorJitter per sample: brightness, contrast, saturation, hue in a random order.
 
-    Samples where ``apply`` is false are left unchanged. Position by position, each operation
-    runs on the samples whose permutation puts it there (``subset``, default on the CPU), or on
-    the whole batch with the result selected per sample (no host sync: the default on a GPU).
+    Samples where ``apply`` is false are left unchanged; ``x`` is in [0, 1]. Position by position,
+    each operation runs on the samples whose permutation puts it there (``subset``, default on
+    the CPU), or all run on the whole batch in passes of fixed shapes (no host sync: the default
+    on a GPU; :func:`_jitter_whole_batch`). Both give the same floats.
     """
     n, device = x.shape[0], x.device
     subset = _default_subset(x) if subset is None else subset
@@ -184,11 +186,65 @@ def color_jitter(x: torch.Tensor, strength: tuple[float, float, float, float], a
     ops = [(_brightness, fb), (_contrast, fc), (_saturation, fs), (_hue, fh) if hue > 0 else None]
     if subset:
         return _jitter_subsets(x, ops, order, apply)
-    for pos in range(4):
-        for k, op in enumerate(ops):
-            if op is not None:
-                x = _on_samples(x, apply & (order[:, pos] == k), *op, subset=False)
-    return x
+    return _jitter_whole_batch(x, (fb, fc, fs), fh if hue > 0 else None, order, apply)
+
+
+@functools.cache
+def _gray_weights(device: torch.device) -> torch.Tensor:
+    """``_GRAY`` as a (1, 3, 1, 1) tensor, made once per device (see :func:`_sector_planes`)."""
+    return torch.tensor(_GRAY, device=device).view(1, 3, 1, 1)
+
+
+def _blend_pass(x: torch.Tensor, f: torch.Tensor, g: torch.Tensor, contrast: torch.Tensor,
+                saturation: torch.Tensor) -> torch.Tensor:
+    """One of brightness, contrast or saturation per sample, as one ``_blend``
+    ``(f·x + g·target).clamp(0, 1)``, ``g = 1 − f``, all of shape (n, 1, 1, 1).
+
+    The target is the gray plane (saturation), its mean (contrast) or 0 (brightness):
+    ``g·0`` adds ±0, so brightness gives ``_brightness``'s ``f·x`` exactly; ``f`` = 1 with
+    target 0 leaves an image in [0, 1] unchanged. The same roundings as the three
+    functions, one pass over the batch instead of three.
+    """
+    r, g_, b = (x * _gray_weights(x.device)).unbind(1)
+    gray = (r + g_ + b).unsqueeze(1)  # _gray's roundings, the three products in one kernel
+    mean = torch.where(contrast, gray.mean(dim=(1, 2, 3), keepdim=True), 0.0)
+    return (f * x).add_(g * torch.where(saturation, gray, mean)).clamp_(0, 1)
+
+
+def _jitter_whole_batch(x: torch.Tensor, factors: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                        shift: torch.Tensor | None, order: torch.Tensor,
+                        apply: torch.Tensor) -> torch.Tensor:
+    """The sync-free path of :func:`color_jitter`: the same operations in the same order per sample
+    as the subset path, on the whole batch, with shapes that do not depend on the draws.
+
+    Each sample applies its three blends (brightness, contrast, saturation; ``factors``) in its
+    drawn order, with the hue shift between them after ``a`` of them (``a``: hue's drawn position).
+    The operations of a sample touch only that sample, so they may be split into passes freely
+    as long as each sample's order is kept: three blend passes where blend ``k`` applies if
+    ``k < a`` (identity otherwise), one hue pass on the whole batch (the costly HSV round trip,
+    once), three where it applies if ``k ≥ a``. Without hue, three blend passes. Samples not
+    drawn for the jitter get their input back in one final ``torch.where``. Needs ``x`` in
+    [0, 1], as the subset path: an identity pass clamps.
+    """
+    n = x.shape[0]
+    k = torch.arange(3, device=x.device)
+    a = order.argsort(1)[:, 3:]  # hue's position = the blends before it
+    codes = order.gather(1, k + (k >= a))  # the blends (0, 1, 2), in the drawn order, hue skipped
+    f = torch.stack(factors, 1).gather(1, codes)
+    if shift is not None:
+        first = k < a
+        active = torch.cat([first, ~first], 1)
+        f = torch.where(active, f.repeat(1, 2), 1.0)
+        codes = torch.where(active, codes.repeat(1, 2), 0)  # inactive: brightness by 1, identity
+    passes = codes.shape[1]
+    f, codes = f.t().reshape(passes, n, 1, 1, 1), codes.t().reshape(passes, n, 1, 1, 1)
+    g, contrast, saturation = 1 - f, codes == 1, codes == 2
+    y = x
+    for p in range(passes):
+        if p == 3 and shift is not None:
+            y = _hue(y, shift)
+        y = _blend_pass(y, f[p], g[p], contrast[p], saturation[p])
+    return torch.where(apply.view(-1, 1, 1, 1), y, x)
 
 
 def _jitter_subsets(x: torch.Tensor, ops: list[tuple[Callable[..., torch.Tensor], torch.Tensor] | None],
