@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha25
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install test smoke smoke-lane-table3 smoke-lane-ablations all plan docker clean-smoke
+.PHONY: install test smoke smoke-lane-table3 smoke-lane-ablations all plan docker docker-run clean-smoke
 
 install: $(STAMP)
 
@@ -48,8 +48,18 @@ smoke-lane-table3 smoke-lane-ablations: install
 all: install
 	$(BIN)/dvc repro
 
+# The image `repro`, running as the caller's uid (any, root included).
 docker:
-	docker build --build-arg UID="$$(id -u)" --build-arg GIT_COMMIT="$$(git rev-parse HEAD 2>/dev/null)" -t mnclglf .
+	docker build --build-arg UID="$$(id -u)" --build-arg GIT_COMMIT="$$(git rev-parse HEAD 2>/dev/null)" -t repro .
+
+# The README's docker run line: the container works in DOCKER_STATE, made here first so that
+# the caller owns it (Docker would create it owned by root). Outputs land there and a rerun
+# after an interruption resumes. CPU only: make docker-run DOCKER_GPUS= DOCKER_CMD='make smoke'
+DOCKER_STATE ?= repro-state
+DOCKER_GPUS ?= --gpus all
+DOCKER_CMD ?= make all
+docker-run:
+	mkdir -p $(DOCKER_STATE) && docker run --rm --init $(DOCKER_GPUS) --ipc=host --user "$$(id -u):$$(id -g)" -v "$(abspath $(DOCKER_STATE)):/state" repro $(DOCKER_CMD)
 
 plan: install
 	$(BIN)/dvc stage list

@@ -18,6 +18,8 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${VENV:-$repo/.venv}
 venv=$(cd "$venv" 2>/dev/null && pwd) || { echo "error: no virtual environment at ${VENV:-$repo/.venv}" >&2; exit 1; }
 python=$venv/bin/python
+# shellcheck source=scripts/image_tree.sh
+source "$repo/scripts/image_tree.sh"
 
 mode=smoke keep=0 dest=""
 while [[ $# -gt 0 ]]; do
@@ -30,13 +32,7 @@ while [[ $# -gt 0 ]]; do
 done
 
 if [[ $mode == smoke ]]; then
-  # Stamp name as in the Makefile: without it `make` would reinstall into the shared venv
-  # (and point its editable install at the temporary copy).
-  stamp="$venv/.installed-$(cd "$repo" && cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)"
-  if [[ ! -e $stamp ]]; then
-    echo "error: $venv is not installed for the current requirements.lock (no $stamp); run 'make install' in $repo first" >&2
-    exit 1
-  fi
+  require_installed "$repo" "$venv" "run 'make install' in $repo first" || exit 1
 fi
 
 if [[ -z $dest ]]; then
@@ -131,12 +127,9 @@ if [[ $mode == copy ]]; then
 fi
 
 
+use_venv "$dest" "$venv"
 cd "$dest"
-# The venv by a symlink at the Makefile's own VENV path (.venv), so BIN, PATH and the install
-# stamp resolve as in a checkout (an absolute VENV= would break the Makefile's $(CURDIR)/$(BIN)).
-# rm -rf of the copy removes the link, never the venv.
-ln -s "$venv" .venv
 echo "make smoke in $dest (no .git; DVC core.no_scm)" >&2
-PYTHONPATH="$dest/src${PYTHONPATH:+:$PYTHONPATH}" make smoke
+make smoke
 # An if, not `[[ ]] && echo`: as the last command that list would be the script's exit status (1).
 if [[ $keep == 1 ]]; then echo "kept: $dest"; fi

@@ -23,6 +23,7 @@ from mnclglf import envinfo
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
 SCRIPT = REPO / "scripts" / "smoke_in_image_copy.sh"
+ENTRYPOINT = "scripts/docker-entrypoint.sh"
 VENV_BIN = "/home/app/mnclglf/.venv/bin"  # the Dockerfile's WORKDIR/.venv
 
 
@@ -113,7 +114,8 @@ def test_same_install_command_as_the_makefile(parsed) -> None:  # noqa: ANN001
 
 def test_dockerignore_keeps_data_and_state_out() -> None:
     text = (REPO / ".dockerignore").read_text().split()
-    for pattern in (".git", ".venv", "data/*", "runs", "metrics", "results/*", ".dvc/cache", ".dvc/tmp"):
+    for pattern in (".git", ".venv", "data/*", "runs", "metrics", "results/*", ".dvc/cache", ".dvc/tmp",
+                    "repro-state"):
         assert pattern in text, pattern
     assert "!results/paper.yaml" in text
 
@@ -247,3 +249,312 @@ def test_source_digest_tracks_content_not_location(tmp_path: Path) -> None:
     assert envinfo.source_digest(a) != envinfo.source_digest(b)
     rec = envinfo.environment_record(0, 0, 1, root=a)
     assert "git_commit" not in rec and rec["lock_sha256"] is None
+
+
+# ----------------------------------------------------------------------------- the user, any UID
+
+# groupadd, useradd and getent over fake /etc files, failing the way the real ones do on an
+# existing id or name (exit 4 and 9), and install recording the folders it would make.
+_ACCOUNT_STUB = r'''
+import json, os, sys
+etc, cmd, args = os.environ["FAKE_ETC"], os.path.basename(sys.argv[0]), sys.argv[1:]
+def rows(db):
+    with open(os.path.join(etc, db)) as f:
+        return [line.rstrip("\n").split(":") for line in f if line.strip()]
+def add(db, row):
+    with open(os.path.join(etc, db), "a") as f:
+        f.write(":".join(row) + "\n")
+def opt(name):
+    return args[args.index(name) + 1]
+with open(os.path.join(etc, "calls.jsonl"), "a") as f:
+    f.write(json.dumps([cmd] + args) + "\n")
+if cmd == "getent":
+    hits = [r for r in rows(args[0]) if args[1] in (r[0], r[2])]
+    if hits:
+        print(":".join(hits[0]))
+    sys.exit(0 if hits else 2)
+if cmd == "groupadd":
+    gid, name = opt("--gid"), args[-1]
+    if any(r[2] == gid for r in rows("group")):
+        print(f"groupadd: GID '{gid}' already exists", file=sys.stderr); sys.exit(4)
+    if any(r[0] == name for r in rows("group")):
+        print(f"groupadd: group '{name}' already exists", file=sys.stderr); sys.exit(9)
+    add("group", [name, "x", gid, ""])
+elif cmd == "useradd":
+    uid, gid, name = opt("--uid"), opt("--gid"), args[-1]
+    if any(r[2] == uid for r in rows("passwd")):
+        print(f"useradd: UID {uid} is not unique", file=sys.stderr); sys.exit(4)
+    if any(r[0] == name for r in rows("passwd")):
+        print(f"useradd: user '{name}' already exists", file=sys.stderr); sys.exit(9)
+    if not any(r[2] == gid for r in rows("group")):
+        print(f"useradd: group '{gid}' does not exist", file=sys.stderr); sys.exit(6)
+    add("passwd", [name, "x", uid, gid, "", "/home/" + name, opt("--shell")])
+'''
+
+_BASE_PASSWD = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+_BASE_GROUP = "root:x:0:\nusers:x:100:\nnogroup:x:65534:\n"
+
+
+def _user_run(parsed) -> str:  # noqa: ANN001
+    runs = [r for r in _instructions(parsed, "RUN") if "useradd" in r]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+@pytest.mark.parametrize(("uid", "extra_passwd", "extra_group"), [
+    (1000, "", ""),                                  # a fresh id: group and user "app" made
+    (0, "", ""),                                     # make docker run by root: root reused
+    (100, "", ""),                                   # gid 100 exists (users): only the user made
+    (1000, "ubuntu:x:1000:1000::/home/ubuntu:/bin/bash\n", "ubuntu:x:1000:\n"),  # both exist (Ubuntu 24.04)
+])
+def test_user_creation_builds_for_any_uid(parsed, tmp_path: Path, uid: int, extra_passwd: str,  # noqa: ANN001
+                                          extra_group: str) -> None:
+    """The RUN that makes the user, run by bash with only stub commands on PATH: groupadd
+    --gid 0 once failed every build by root ("GID '0' already exists")."""
+    etc, stubs = tmp_path / "etc", tmp_path / "bin"
+    etc.mkdir()
+    stubs.mkdir()
+    (etc / "passwd").write_text(_BASE_PASSWD + extra_passwd)
+    (etc / "group").write_text(_BASE_GROUP + extra_group)
+    (etc / "calls.jsonl").touch()
+    for name in ("getent", "groupadd", "useradd"):
+        (stubs / name).write_text(f"#!{sys.executable}\n{_ACCOUNT_STUB}")
+    (stubs / "install").write_text(f'#!{shutil.which("bash")}\necho "install $*" >> "$FAKE_ETC/install.txt"\n')
+    for name in ("apt-get", "rm"):  # no-ops, should the RUN also install the packages
+        (stubs / name).write_text(f"#!{shutil.which('bash')}\n")
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    # PATH holds the stubs alone, so nothing else of the RUN can touch this machine.
+    res = subprocess.run([shutil.which("bash"), "-o", "pipefail", "-c", _user_run(parsed)], capture_output=True,
+                         text=True, timeout=60, env={"PATH": str(stubs), "UID": str(uid), "FAKE_ETC": str(etc)})
+    assert res.returncode == 0, res.stderr
+    passwd = [r.split(":") for r in (etc / "passwd").read_text().splitlines()]
+    group = [r.split(":") for r in (etc / "group").read_text().splitlines()]
+    assert sum(r[2] == str(uid) for r in passwd) == 1 and sum(r[2] == str(uid) for r in group) == 1
+    calls = [json.loads(c)[0] for c in (etc / "calls.jsonl").read_text().splitlines()]
+    if uid == 0 or extra_passwd:
+        assert "useradd" not in calls and "groupadd" not in calls
+    assert (etc / "install.txt").read_text().split() == \
+        ["install", "-d", "-o", str(uid), "-g", str(uid), "/home/app", "/home/app/mnclglf"]
+
+
+def test_user_is_the_uid_in_every_later_instruction(parsed) -> None:  # noqa: ANN001
+    """USER and every --chown name the ids, not the name "app", which a reused id lacks."""
+    seq = [(i["instruction"], i["value"]) for i in parsed.structure if i["instruction"] != "COMMENT"]
+    user_run = next(k for k, (ins, v) in enumerate(seq) if ins == "RUN" and "useradd" in v)
+    assert seq[user_run - 1] == ("ARG", "UID=1000")  # after the apt layer, which a UID then keeps
+    assert "apt-get install" in seq[user_run - 2][1]
+    assert [v for ins, v in seq if ins == "USER"] == ["${UID}:${UID}"]
+    for ins, v in seq[user_run:]:
+        if ins == "COPY":
+            assert v.startswith("--chown=${UID}:${UID} "), v
+
+
+# ----------------------------------------------------------------------------- pip, make docker
+
+
+def test_venv_pip_upgraded_pinned_and_hashed_before_the_lock(parsed) -> None:  # noqa: ANN001
+    """python3.11-venv on Ubuntu 22.04 puts Ubuntu's own, older pip into the venv."""
+    run = next(r for r in _instructions(parsed, "RUN") if "-r requirements.lock" in r)
+    m = re.search(r"pip==(\d+)\.(\d+)(?:\.(\d+))? --hash=sha256:[0-9a-f]{64}", run)
+    assert m, f"no pinned, hashed pip in the lock's RUN: {run}"
+    assert (int(m[1]), int(m[2])) >= (23, 2)
+    upgrade = re.search(r"\.venv/bin/python -m pip install [^&]*--require-hashes -r (\S+)", run)
+    assert upgrade and upgrade[1] != "requirements.lock" and upgrade.start() < run.index("-r requirements.lock")
+    assert run.index(m[0]) < upgrade.start()  # the pin is written before it is installed
+
+
+_DOCKER_STUB = """
+import json, os, sys
+state = os.environ.get("STUB_STATE")
+uid = os.stat(state).st_uid if state and os.path.isdir(state) else None
+with open(os.environ["STUB_RECORD"], "w") as f:
+    json.dump({"argv": sys.argv[1:], "state_uid": uid}, f)
+"""
+
+
+def _stub_docker(tmp_path: Path, state: Path | None = None) -> dict[str, str]:
+    """A `docker` that records its arguments, and the owner of the state folder if it exists then."""
+    stub_bin = tmp_path / "stubbin"
+    stub_bin.mkdir()
+    (stub_bin / "docker").write_text(f"#!{sys.executable}{_DOCKER_STUB}")
+    (stub_bin / "docker").chmod(0o755)
+    return {**os.environ, "PATH": f"{stub_bin}:{os.environ['PATH']}", "STUB_STATE": str(state or ""),
+            "STUB_RECORD": str(tmp_path / "docker.json")}
+
+
+def _make(target: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    if shutil.which("make") is None:
+        pytest.skip("make not available")
+    return subprocess.run(["make", "--no-print-directory", "-C", str(REPO), target, *args], capture_output=True,
+                          text=True, timeout=60, env=env)
+
+
+def test_make_docker_builds_the_image_repro(tmp_path: Path) -> None:
+    """The promised `docker run --gpus all repro make all` needs the tag `repro`."""
+    res = _make("docker", _stub_docker(tmp_path))
+    assert res.returncode == 0, res.stderr
+    argv = json.loads((tmp_path / "docker.json").read_text())["argv"]
+    assert argv[0] == "build" and argv[-1] == "."
+    assert argv[argv.index("-t") + 1] == "repro"
+    build_args = [argv[k + 1] for k, a in enumerate(argv) if a == "--build-arg"]
+    assert f"UID={os.getuid()}" in build_args
+    assert any(a.startswith("GIT_COMMIT=") for a in build_args)
+
+
+def _container_section() -> str:
+    text = (REPO / "README.md").read_text()
+    return text.split("\n## Container\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_make_docker_run_is_the_readme_line_and_makes_the_state_folder_first(tmp_path: Path) -> None:
+    lines = [ln.strip() for ln in _container_section().splitlines() if "docker run" in ln and "/state" in ln]
+    assert len(lines) == 1, lines
+    dry = _make("docker-run", os.environ, "-n")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.strip().replace(str(REPO), "$PWD") == lines[0]
+    assert lines[0].startswith("mkdir -p repro-state && docker run ")
+    assert lines[0].endswith(' -v "$PWD/repro-state:/state" repro make all')
+    assert "--gpus all" in lines[0] and "/home/app/mnclglf" not in lines[0]  # nothing mounted over the tree
+
+    state = tmp_path / "host" / "repro-state"
+    res = _make("docker-run", _stub_docker(tmp_path, state), f"DOCKER_STATE={state}")
+    assert res.returncode == 0, res.stderr
+    rec = json.loads((tmp_path / "docker.json").read_text())
+    assert rec["state_uid"] == os.getuid(), "the state folder must exist, the caller's, before docker run"
+    argv = rec["argv"]
+    assert argv[0] == "run" and argv[-3:] == ["repro", "make", "all"]
+    assert argv[argv.index("-v") + 1] == f"{state}:/state"
+    assert argv[argv.index("--user") + 1] == f"{os.getuid()}:{os.getgid()}"
+
+
+def test_readme_states_gpus_driver_and_where_results_land() -> None:
+    section = " ".join(_container_section().split())
+    assert "docker run --gpus all repro make all" in section  # the promised command, as written
+    assert "driver ≥ 580" in section and "CUDA 13" in section
+    assert "compute capability 7.5" in section and "Turing" in section
+    assert "docker cp" in section and "repro-state/results/" in section
+    assert ".dvc-cache" not in section
+
+
+def test_entrypoint_and_cmd(parsed) -> None:  # noqa: ANN001
+    workdir = _instructions(parsed, "WORKDIR")[-1]
+    assert json.loads(_instructions(parsed, "ENTRYPOINT")[-1]) == ["/bin/bash", f"{workdir}/{ENTRYPOINT}"]
+    assert json.loads(_instructions(parsed, "CMD")[-1]) == ["make", "all"]
+    # the commit comes last: a new one rebuilds no dependency layer
+    seq = [(i["instruction"], i["value"]) for i in parsed.structure]
+    commit = next(k for k, (ins, v) in enumerate(seq) if ins == "ARG" and v.startswith("GIT_COMMIT"))
+    assert all(ins != "RUN" for ins, _ in seq[commit:])
+
+
+# ----------------------------------------------------------------------------- the entrypoint
+
+
+def _image_tree(image_copy: Path, tmp_path: Path, stamped: bool = True) -> Path:
+    """The image's tree: the image's copy of the repository and a venv installed for its lock
+    (a folder with the Makefile's stamp, python = this interpreter)."""
+    tree = tmp_path / "image" / "mnclglf"
+    shutil.copytree(image_copy, tree, symlinks=True)
+    (tree / ".venv" / "bin").mkdir(parents=True)
+    (tree / ".venv" / "bin" / "python").symlink_to(sys.executable)
+    if stamped:
+        lock_hash = subprocess.run("cat requirements.lock pyproject.toml | sha256sum | cut -c1-16", shell=True,
+                                   cwd=tree, capture_output=True, text=True, check=True).stdout.strip()
+        (tree / ".venv" / f".installed-{lock_hash}").touch()
+    return tree
+
+
+def _entrypoint(tree: Path, state: Path, *cmd: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["MNCLGLF_STATE_DIR"] = str(state)
+    return subprocess.run(["bash", str(tree / ENTRYPOINT), *cmd], capture_output=True, text=True, timeout=120,
+                          env=env)
+
+
+_RECORD = 'printf "%s\\n" "$PWD" "$PYTHONPATH" "$(readlink .venv)" "$*" > "$0"'
+
+
+def test_entrypoint_without_state_runs_in_the_image_tree(image_copy: Path, tmp_path: Path) -> None:
+    tree = _image_tree(image_copy, tmp_path)
+    rec = tmp_path / "rec.txt"
+    res = _entrypoint(tree, tmp_path / "absent", "bash", "-c", _RECORD, str(rec), "all")
+    assert res.returncode == 0, res.stderr
+    where, pythonpath, _, args = rec.read_text().splitlines()
+    assert where == str(tree) and pythonpath == "" and args == "all"
+    assert not (tmp_path / "absent").exists()
+
+
+def test_entrypoint_state_first_run_resume_and_update(image_copy: Path, tmp_path: Path) -> None:
+    if shutil.which("make") is None or shutil.which("flock") is None:
+        pytest.skip("make or flock not available")
+    tree = _image_tree(image_copy, tmp_path)
+    state = tmp_path / "repro-state"
+    state.mkdir()
+
+    # First run: the source is copied, the venv linked, and `make all` would not reinstall.
+    res = _entrypoint(tree, state, "make", "-n", "all")
+    assert res.returncode == 0, res.stderr
+    assert "copied the image's source" in res.stderr
+    assert ".venv/bin/dvc repro" in res.stdout and "pip install" not in res.stdout, res.stdout
+    for rel in ("src/mnclglf/cli.py", "params.yaml", "dvc.yaml", "Makefile", "results/paper.yaml", "dvc.lock",
+                "scripts/docker-entrypoint.sh"):
+        assert (state / rel).read_bytes() == (tree / rel).read_bytes(), rel
+    assert "no_scm = true" in (state / ".dvc" / "config.local").read_text()
+    assert (state / ".venv").is_symlink() and os.readlink(state / ".venv") == str(tree / ".venv")
+    assert (state / ".gitignore").read_text() == "*\n"
+
+    # The outputs of an interrupted run, and DVC's lock entries of the killed container.
+    outputs = {"runs/digits/simclr/ckpt/last.pt": "ckpt", "metrics/digits/simclr/pretrain.json": "{}",
+               "results/smoke/table3.md": "| t |", "data/digits/train.npz": "x", ".dvc/cache/files/md5/ab/cd": "c",
+               "dvc.lock": "the state's own lock\n"}
+    for rel, text in outputs.items():
+        (state / rel).parent.mkdir(parents=True, exist_ok=True)
+        (state / rel).write_text(text)
+    (state / ".dvc" / "tmp").mkdir(parents=True)
+    (state / ".dvc" / "tmp" / "rwlock").write_text('{"write": {"runs": {"pid": 7, "cmd": "dvc repro"}}}')
+
+    # Second run, same image: nothing copied, everything resumed as it was; the stale lock cleared.
+    rec = tmp_path / "rec.txt"
+    res = _entrypoint(tree, state, "bash", "-c", _RECORD, str(rec), "all")
+    assert res.returncode == 0, res.stderr
+    assert "state:" not in res.stderr
+    where, pythonpath, venv, _ = rec.read_text().splitlines()
+    assert where == str(state) and pythonpath.split(":")[0] == f"{state}/src" and venv == str(tree / ".venv")
+    for rel, text in outputs.items():
+        assert (state / rel).read_text() == text, rel
+    assert not (state / ".dvc" / "tmp" / "rwlock").exists()
+
+    # An image with other source: updated, a dropped file removed, outputs and dvc.lock kept.
+    (tree / "params.yaml").write_text((tree / "params.yaml").read_text() + "# changed\n")
+    (tree / "src" / "mnclglf" / "added.py").write_text("X = 1\n")
+    dropped = next(p for p in sorted((tree / "docs").rglob("*")) if p.is_file()).relative_to(tree)
+    (tree / dropped).unlink()
+    (tree / "dvc.lock").write_text("the image's new lock\n")
+    res = _entrypoint(tree, state, "bash", "-c", _RECORD, str(rec), "all")
+    assert res.returncode == 0, res.stderr
+    assert "updated the source" in res.stderr
+    assert (state / "params.yaml").read_text().endswith("# changed\n")
+    assert (state / "src" / "mnclglf" / "added.py").is_file() and not (state / dropped).exists()
+    for rel, text in outputs.items():
+        assert (state / rel).read_text() == text, rel
+    assert (state / "results" / "paper.yaml").read_bytes() == (tree / "results" / "paper.yaml").read_bytes()
+    assert rec.read_text().splitlines()[0] == str(state)
+
+
+def test_entrypoint_refuses_a_busy_state_or_a_venv_for_another_lock(image_copy: Path, tmp_path: Path) -> None:
+    import fcntl
+
+    if shutil.which("flock") is None:
+        pytest.skip("flock not available")
+    tree = _image_tree(image_copy, tmp_path)
+    state = tmp_path / "repro-state"
+    state.mkdir()
+    with open(state / ".docker-state.lock", "a") as held:  # another container on the same folder
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        res = _entrypoint(tree, state, "true")
+    assert res.returncode == 1 and "another container" in res.stderr
+    assert not (state / "params.yaml").exists()
+
+    (tree / ".venv" / next(p.name for p in (tree / ".venv").glob(".installed-*"))).unlink()
+    res = _entrypoint(tree, state, "true")
+    assert res.returncode == 1 and "is not installed for" in res.stderr
