@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha25
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install test smoke smoke-lane-table3 smoke-lane-ablations all plan docker docker-run clean-smoke
+.PHONY: install test smoke smoke-lane-table3 smoke-lane-ablations all gpu-check plan docker docker-run clean-smoke
 
 install: $(STAMP)
 
@@ -37,6 +37,7 @@ SMOKE_LANE_ABLATIONS := --single-item --glob 'pretrain-lam@digits-*' 'pretrain-k
 	'linear-eval-lam@digits-*' 'linear-eval-k@digits-*'
 
 smoke: install
+	$(BIN)/mnclglf doctor --profile smoke --no-bench
 	$(BIN)/dvc repro download@digits init@digits
 	$(MAKE) --no-print-directory -j2 smoke-lane-table3 smoke-lane-ablations
 	$(BIN)/dvc repro tabulate-smoke
@@ -45,8 +46,17 @@ smoke: install
 smoke-lane-table3 smoke-lane-ablations: install
 	$(BIN)/dvc --wait-for-lock repro $(if $(filter smoke-lane-table3,$@),$(SMOKE_LANE_TABLE3),$(SMOKE_LANE_ABLATIONS))
 
+# The doctor first: a machine that cannot run the paper profile well (no usable CUDA GPU, too
+# little disk, a folder it cannot write) stops here with what to fix, not weeks later.
 all: install
+	$(BIN)/mnclglf doctor --profile paper
 	$(BIN)/dvc repro
+
+# One GPU's proof in at most 8 minutes (scripts/gpu_check.py): doctor, the bench of every method
+# at the paper's shapes, download -> pretrain -> linear-eval on CUDA; results/bench/<gpu>.json.
+# Without a GPU it runs its toy CPU form (writes results/bench/cpu-toy.json).
+gpu-check: install
+	$(BIN)/python scripts/gpu_check.py
 
 # The image `repro`, running as the caller's uid (any, root included).
 docker:

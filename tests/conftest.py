@@ -16,9 +16,10 @@ TINY: dict[str, Any] = {
     "seed": 0,
     "model": {"width": 0.125, "proj_hidden": 32, "proj_out": 32, "pred_hidden": 16},
     "augment": {"crop_scale": [0.4, 1.0]},
-    "pretrain": {"epochs": 2, "batch_size": 16, "checkpoint_every": 1, "threads": 0},
+    # the CPU by name: the paper datasets refuse `device: auto` without CUDA (train/env.py)
+    "pretrain": {"epochs": 2, "batch_size": 16, "checkpoint_every": 1, "threads": 0, "device": "cpu"},
     "mnclglf": {"queue_size": 64},
-    "linear_eval": {"epochs": 2, "batch_size": 32},
+    "linear_eval": {"epochs": 2, "batch_size": 32, "device": "cpu"},
 }
 
 

@@ -62,7 +62,10 @@ def test_reference_is_the_same_step(enqueue, sg_bn_stats):
     """Algorithm 1 written out == the package's train_step: loss, weights, BN statistics, EMA copy, queue.
 
     After one step to float precision; over three steps the two drift apart by rounding only
-    (sum/k vs mean, a loop vs a batched matmul), amplified by lr 0.1 on a tiny BN net.
+    (sum/k vs mean, a loop vs a batched matmul), amplified by lr 0.1 on a tiny BN net: up to
+    0.3 % of a tensor's norm on an AVX-512 CPU (elementwise 2.2e-3 on a weight of size 0.25),
+    so the three-step check bounds each tensor's relative drift (2 %) instead; a wrong update
+    is off by its own size. Tensors near zero (biases before a BN, ~1e-9) are compared absolutely.
     """
     s = tiny_setup(enqueue=enqueue, sg_bn_stats=sg_bn_stats)
     ref = AlgorithmOne(copy.deepcopy(s.method), s.cfg)
@@ -75,8 +78,10 @@ def test_reference_is_the_same_step(enqueue, sg_bn_stats):
         if i == 0:
             for k, (a, b) in _state_pairs(s, ref).items():
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
-    for k, (a, b) in _state_pairs(s, ref).items():
-        torch.testing.assert_close(a, b, rtol=1e-2, atol=2e-3, msg=k)
+    for k, (a, b) in _state_pairs(s, ref).items():  # per tensor: relative size of the drift
+        a, b = a.double(), b.double()
+        drift = (a - b).norm() / b.norm().clamp_min(1e-12)
+        assert drift < 2e-2 or (a - b).abs().max() < 1e-6, f"{k}: drift {drift:.2e}"
 
 
 def test_reference_refuses_other_readings():

@@ -31,7 +31,7 @@ def test_download_then_pretrain_and_linear_eval(dataset: str, tmp_path: Path, ti
     assert images.dtype == torch.uint8 and labels.dtype == torch.int64
 
     raw = {**tiny_raw, "data_root": str(root), "pretrain": {**tiny_raw["pretrain"], "epochs": 1, "batch_size": 4},
-           "mnclglf": {"queue_size": 8}, "linear_eval": {"epochs": 1, "batch_size": 4}}
+           "mnclglf": {"queue_size": 8}, "linear_eval": {**tiny_raw["linear_eval"], "epochs": 1, "batch_size": 4}}
     cfg = config.run_config(raw, dataset, "mnclglf")
     summary = pretrain(cfg, tmp_path / "pre", tmp_path / "ckpt", tmp_path / "pre.json", progress=False)
     assert summary["steps"] == images.shape[0] // 4 and summary["final_loss"] == summary["final_loss"]

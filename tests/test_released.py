@@ -238,11 +238,13 @@ def test_released_loss_s_has_no_gradient_and_total_is_lambda_loss_m() -> None:
     g_total = torch.autograd.grad(out["loss"], params, retain_graph=True, allow_unused=True)
     g_m = torch.autograd.grad(out["loss_m"], params, allow_unused=True)
     assert any(g is not None and g.abs().sum() > 0 for g in g_total)
-    for gt, gm in zip(g_total, g_m):
-        if gt is None:
-            assert gm is None
-        else:
-            torch.testing.assert_close(gt, m.mc.lam * gm, atol=1e-6, rtol=1e-5)
+    assert [g is None for g in g_total] == [g is None for g in g_m]
+    # Relative to the whole gradient's size: λ·∇loss_m and ∇(λ·loss_m + loss_s) round apart
+    # (2e-6 absolute on an AVX-512 CPU, and biases before a BN have pure-rounding gradients);
+    # a gradient through loss_s would be of the gradient's own size.
+    got = torch.cat([g.flatten() for g in g_total if g is not None])
+    want = m.mc.lam * torch.cat([g.flatten() for g in g_m if g is not None])
+    assert (got - want).norm() <= 1e-5 * want.norm(), ((got - want).norm() / want.norm()).item()
 
 
 def test_loss_s_grad_true_lets_loss_s_train() -> None:

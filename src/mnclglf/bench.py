@@ -66,6 +66,10 @@ GPU_DEFAULTS = {"batch_size": 256, "steps": 20, "warmup": 5, "aug_reps": 20, "pi
 
 
 # -- small helpers ----------------------------------------------------------------------------
+#: ``--precision``: the ``speed.precision`` of the benchmarked run (auto: the device's default).
+PRECISIONS = ("auto", "bf16", "tf32", "fp32")
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -131,6 +135,28 @@ class RssSampler:
         self.peak = max(self.peak, rss_bytes() or 0)
 
 
+def sync_debug_step(s: Any, idx: torch.Tensor, step: int, total: int) -> str:
+    """One training step under ``torch.cuda.set_sync_debug_mode("error")``: ``"none"`` when it never
+    waited on the device, else the error CUDA raised; on the CPU ``"not checked (cpu)"``.
+
+    (tests/test_no_host_sync.py proves the same on fake CUDA tensors, on any machine.)
+    """
+    from mnclglf.train import pretrain
+
+    if s.device.type != "cuda":
+        return "not checked (cpu)"
+    torch.cuda.synchronize(s.device)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        pretrain.train_step(s, idx, step, total)
+        return "none"
+    except RuntimeError as exc:
+        return f"synchronised: {str(exc).strip().splitlines()[0]}"
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize(s.device)
+
+
 def timed(fn: Callable[[], Any], device: torch.device) -> float:
     """Seconds of one call of ``fn``, the device synchronised before and after."""
     sync(device)
@@ -177,7 +203,7 @@ def bench_config(method: str, variant: str, h: int, batch_size: int, device: str
     bench_layer: dict[str, Any] = {
         "model": {"width": width},
         "pretrain": {"batch_size": batch_size, "device": device, "threads": threads},
-        "speed": {**(speed or {}), **({"bf16": True} if precision == "bf16" else {})},
+        "speed": {**(speed or {}), "precision": precision},
     }
     raw = config.deep_merge(config.deep_merge(raw, bench_layer), overrides or {})
     name = run_name(method, variant)
@@ -318,7 +344,7 @@ def flops_only(method: str = "mnclglf", variant: str = "paper", h: int = 32, cla
 
 # -- the benchmark ----------------------------------------------------------------------------------
 def run_bench(method: str = "mnclglf", variant: str = "paper", n: int = 50000, h: int = 32, w: int = 32,
-              classes: int = 10, batch_size: int | None = None, device: str | None = None, precision: str = "fp32",
+              classes: int = 10, batch_size: int | None = None, device: str | None = None, precision: str = "auto",
               width: float = 1.0, steps: int | None = None, warmup: int | None = None,
               params_path: str | Path | None = "params.yaml", *, threads: int = 0,
               speed: dict[str, bool] | None = None, reference: bool = True, pil: bool = True,
@@ -343,8 +369,8 @@ def run_bench(method: str = "mnclglf", variant: str = "paper", n: int = 50000, h
     from mnclglf.train import fast, pretrain
 
     say = log or (lambda _msg: None)
-    if precision not in ("fp32", "bf16"):
-        raise UserError(f"--precision {precision!r}: expected fp32 or bf16")
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     dev_name = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dev_name not in ("cpu", "cuda"):
         raise UserError(f"--device {dev_name!r}: expected cpu or cuda")
@@ -395,6 +421,8 @@ def run_bench(method: str = "mnclglf", variant: str = "paper", n: int = 50000, h
     with RssSampler() as sampler:
         for i in range(warmup):
             timed(lambda i=i: pretrain.train_step(s, batches[1 + i], i, total), torch_device)
+        host_sync = sync_debug_step(s, batches[1 + warmup], warmup, total)
+        say(f"sync-debug step: {host_sync}")
         first = timed(lambda: pretrain.train_step(s, batches[1 + warmup], warmup, total), torch_device)
     whole.__exit__()
     memory: dict[str, Any] = {}
@@ -501,7 +529,7 @@ def run_bench(method: str = "mnclglf", variant: str = "paper", n: int = 50000, h
         "achieved_flops_per_s": flops_step / flop_images * batch_size / sec,
         "peak_bf16_flops_per_s": peak,
         "fraction_of_peak_bf16": (flops_step / flop_images * batch_size / sec / peak) if peak else None,
-        "memory": memory,
+        "memory": memory, "host_sync": host_sync,
     })
     # the step's views at the batched median per view, over the step's median; None where the
     # timed augmentation is not the step's (supervised runs crop and flip only)
@@ -518,7 +546,7 @@ def run_bench(method: str = "mnclglf", variant: str = "paper", n: int = 50000, h
         "config": {"method": method, "variant": variant if method == "mnclglf" else None, "run": cfg.method,
                    "n": n, "h": h, "w": w, "classes": classes, "batch_size": batch_size, "width": width,
                    "precision": precision,
-                   "precision_effective": "bf16" if fast.applied(s).get("bf16") == "on" else "fp32",
+                   "precision_effective": fast.applied(s)["precision"],
                    "steps": steps, "warmup": warmup, "image_size": cfg.augment.size or h,
                    "speed": config.to_dict(cfg.speed), "speed_applied": fast.applied(s),
                    "params": str(params_path) if params_path else None},
@@ -539,7 +567,10 @@ def run_bench(method: str = "mnclglf", variant: str = "paper", n: int = 50000, h
 
 
 # -- ablation of the fast paths ------------------------------------------------------------------------
-SPEED_PATHS = ("channels_last", "fused_optimizer", "inference_mode_targets", "compile", "bf16")
+SPEED_PATHS = ("channels_last", "cudnn_benchmark", "fused_optimizer", "inference_mode_targets", "compile", "bf16",
+               "tf32")
+#: The plain eager fp32 step every path of the ablation is measured against.
+PLAIN_SPEED = {"precision": "fp32", "channels_last": False, "cudnn_benchmark": False, "fused_optimizer": False}
 
 
 def run_speed_ablation(method: str = "mnclglf", variant: str = "paper", n: int = 4096, h: int = 32,
@@ -560,11 +591,14 @@ def run_speed_ablation(method: str = "mnclglf", variant: str = "paper", n: int =
     dev_name = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_device = torch.device(dev_name)
     batch_size = batch_size or (GPU_DEFAULTS if dev_name == "cuda" else CPU_DEFAULTS)["batch_size"]
-    variants = {"plain": {}} | {p: {p: True} for p in paths if p != "bf16" or dev_name == "cuda"}
+    cuda_only = ("bf16", "tf32", "cudnn_benchmark")
+    variants = {"plain": PLAIN_SPEED} | {
+        p: PLAIN_SPEED | ({"precision": p} if p in ("bf16", "tf32") else {p: True})
+        for p in paths if p not in cuda_only or dev_name == "cuda"}
     setups: dict[str, Any] = {}
     for label, sp in variants.items():
-        cfg = bench_config(method, variant, h, batch_size, dev_name, "fp32", width, params_path, threads, sp,
-                           overrides)
+        cfg = bench_config(method, variant, h, batch_size, dev_name, sp["precision"], width, params_path, threads,
+                           sp, overrides)
         images, labels = synthetic(n, h, h, classes, torch_device, cfg.seed)
         setups[label] = fast.apply_speed(pretrain.setup(cfg, images, labels, classes))
     order = torch.Generator().manual_seed(0)
@@ -706,24 +740,27 @@ def parse_shape(shape: str) -> tuple[int, int, int, int]:
     return parts  # type: ignore[return-value]
 
 
-def parse_speed(items: tuple[str, ...] | list[str] | None) -> dict[str, bool]:
-    """``("channels_last=true", "compile=0")`` → ``{"channels_last": True, "compile": False}``."""
-    out: dict[str, bool] = {}
-    allowed = [f.name for f in dataclasses.fields(config.SpeedConfig)]
+def parse_speed(items: tuple[str, ...] | list[str] | None) -> dict[str, bool | str]:
+    """``("channels_last=true", "compile=0", "fused_optimizer=auto")`` → the ``speed`` keys they set.
+
+    ``precision`` is the bench's own ``--precision`` option, not a ``--speed`` key.
+    """
+    out: dict[str, bool | str] = {}
+    allowed = [f.name for f in dataclasses.fields(config.SpeedConfig) if f.name != "precision"]
     for item in items or ():
         key, _, value = item.partition("=")
         key = key.strip().replace("-", "_")
         if key not in allowed:
             raise UserError(f"--speed {item!r}: unknown fast path; allowed: {', '.join(allowed)}")
         v = value.strip().lower() or "true"
-        if v not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-            raise UserError(f"--speed {item!r}: expected KEY=true or KEY=false")
-        out[key] = v in ("1", "true", "yes", "on")
+        if v not in ("1", "0", "true", "false", "yes", "no", "on", "off", "auto"):
+            raise UserError(f"--speed {item!r}: expected KEY=true, KEY=false or KEY=auto")
+        out[key] = "auto" if v == "auto" else v in ("1", "true", "yes", "on")
     return out
 
 
 def bench_command(method: str = "mnclglf", variant: str = "paper", shape: str = "50000,32,32,10",
-                  batch_size: int | None = None, device: str | None = None, precision: str = "fp32",
+                  batch_size: int | None = None, device: str | None = None, precision: str = "auto",
                   width: float = 1.0, steps: int | None = None, warmup: int | None = None,
                   json_path: str | None = None, params_path: str = "params.yaml", threads: int = 0,
                   speed: tuple[str, ...] = (), reference: bool = True, pil: bool = True, append: bool = False,
@@ -764,7 +801,7 @@ if __name__ == "__main__":  # python -m mnclglf.bench, the same defaults as the 
     @click.option("--shape", default="50000,32,32,10", show_default=True)
     @click.option("--batch-size", type=int, default=None)
     @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
-    @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+    @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
     @click.option("--width", type=float, default=1.0, show_default=True)
     @click.option("--steps", type=int, default=None)
     @click.option("--warmup", type=int, default=None)

@@ -163,7 +163,7 @@ def linear_eval(dataset: str, method: str, encoder_file: str | None, kept_epochs
     with recorded(env, run_cfg.seed):
         for encoder, out_dir, metrics in jobs:
             result = run(encoder, cfg, raw.get("data_root", "data"), run_cfg.seed, out_dir, metrics,
-                         progress=not quiet)
+                         progress=not quiet, speed=run_cfg.speed)
             click.echo(f"{method}@{dataset} (epoch {result['pretrain_epoch']}): top-1 {result['top1']:.2f}  "
                        f"top-5 {result['top5']:.2f}")
 
@@ -218,6 +218,34 @@ main.add_command(report_command)
 
 
 @main.command()
+@click.option("--profile", default="paper", show_default=True, help="Profile to check (a key of `profiles`).")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON instead of a table.")
+@click.option("--no-bench", is_flag=True, help="Skip the short step timing of the wall-time estimate.")
+@PARAMS_OPTION
+def doctor(profile: str, as_json: bool, no_bench: bool, params_file: str) -> None:
+    """Check that this machine can run PROFILE well: torch, driver, GPUs, compile, disk, data, folders, time.
+
+    Exits 1 when a check fails (what to fix is in its row).
+    """
+    import json
+
+    from rich.console import Console
+
+    from mnclglf.doctor import as_json as to_json, render, run_doctor
+
+    rows = run_doctor(params_file, profile, bench=not no_bench)
+    report = to_json(rows, profile)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        Console().print(render(rows, profile))
+    if not report["ok"]:
+        failed = [r for r in rows if r.status == "fail"]
+        raise UserError(f"profile {profile} cannot run well here: " + "; ".join(
+            f"{r.name}: {r.fix or r.detail}" for r in failed))
+
+
+@main.command()
 @click.option("--method", default="mnclglf", show_default=True, type=click.Choice((*config.RUN_METHODS, "supervised")),
               help="Method whose training step to time.")
 @click.option("--variant", default="paper", show_default=True, type=click.Choice(config.VARIANTS),
@@ -226,8 +254,9 @@ main.add_command(report_command)
               help="Synthetic dataset: images, height, width, classes.")
 @click.option("--batch-size", type=int, default=None, help="Batch size (default: 64 on cpu, 256 on cuda).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Device (default: cuda if available).")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-              help="Arithmetic of the step (bf16 autocast on cuda).")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "tf32", "fp32"]), default="auto", show_default=True,
+              help="speed.precision of the step: auto = the device's default (bf16 autocast + TF32 on cuda, fp32 "
+                   "on cpu); fp32 = strict IEEE fp32.")
 @click.option("--width", type=float, default=1.0, show_default=True, help="ResNet-18 width multiplier.")
 @click.option("--steps", type=int, default=None, help="Timed steps (default: cpu 1, cuda 20).")
 @click.option("--warmup", type=int, default=None, help="Extra warm-up steps (default: cpu 0, cuda 5).")

@@ -407,7 +407,8 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
         if meta.get("range") and out[0] > out[1]:
             raise UserError(f"{key} = {list(value)}: expected low <= high")
         return out
-    if meta.get("choices") and value not in meta["choices"]:
+    if meta.get("choices") and not any(value == c and isinstance(value, bool) == isinstance(c, bool)
+                                       for c in meta["choices"]):  # 1 is not true, "true" is not True
         raise UserError(f"{key} = {value!r}: expected {_describe(meta)}")
     if isinstance(value, (int, float)) and not _bounded(value, meta):
         raise UserError(f"{key} = {value!r}: expected {_describe(meta)}")
@@ -632,16 +633,28 @@ def field_docs(cls: type) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class SpeedConfig:
-    """Fast paths of the training step (``mnclglf.train.fast.apply_speed``); none changes the maths.
+    """How the training step runs on its device (``mnclglf.train.fast.apply_speed``).
 
-    Each is kept on only where ``mnclglf bench`` shows that it helps on the device it targets
-    (docs/RESOURCES.md); all are off by default, so a run is the plain eager step unless asked.
+    ``auto`` is the device's default: on CUDA bf16 autocast with TF32, cudnn.benchmark,
+    channels-last and the fused SGD (the mixed-precision setting of solo-learn and lightly,
+    the layout and autotuning of airbench); on the CPU the plain fp32 eager step. The paper
+    gives no precision; ``precision: tf32`` is the released code's arithmetic on its RTX 3090,
+    ``precision: fp32`` strict IEEE fp32 (docs/FIDELITY.md, "Precision").
     """
 
-    channels_last: bool = pick(False, (True, False), "NHWC memory format for the networks and the views")
-    compile: bool = pick(False, (True, False), "torch.compile the method's networks; eager fall-back if it fails")
-    bf16: bool = pick(False, (True, False), "bfloat16 autocast of the forward passes, on CUDA only (ignored on the CPU)")
-    fused_optimizer: bool = pick(False, (True, False), "the fused SGD kernel, where this torch has one for the device")
+    precision: str = pick("auto", ("auto", "bf16", "tf32", "fp32"),
+                          "arithmetic of the step: bf16 = bf16 autocast + TF32, tf32 = fp32 weights and "
+                          "activations with TF32 matmuls/convolutions, fp32 = strict IEEE fp32; "
+                          "auto = bf16 on CUDA, fp32 on the CPU")
+    channels_last: Any = pick("auto", ("auto", True, False),
+                              "NHWC memory format for the networks and the views; auto = on CUDA only")
+    cudnn_benchmark: Any = pick("auto", ("auto", True, False),
+                                "let cuDNN time its convolution algorithms; auto = on CUDA only")
+    fused_optimizer: Any = pick("auto", ("auto", True, False),
+                                "the fused SGD kernel, where this torch has one; auto = on CUDA only")
+    compile: bool = pick(False, (True, False),
+                         "torch.compile the method's step; needs a C compiler and Python headers, "
+                         "refused where they are missing (never reported on when it is not)")
     inference_mode_targets: bool = pick(False, (True, False),
                                         "run the no-gradient target passes under torch.inference_mode")
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnclglf.config import LinearEvalConfig
+from mnclglf.config import LinearEvalConfig, SpeedConfig
 from mnclglf.data.augment import CropFlipAugment, EvalTransform, Normalizer
 from mnclglf.data.store import load_meta, load_split
 from mnclglf.errors import UserError
@@ -31,7 +31,8 @@ from mnclglf.io import write_json
 from mnclglf.models import ResNet18
 from mnclglf.train.env import batches, make_generator, pick_device, seed_everything
 from mnclglf.train.lars import LARS
-from mnclglf.train.progress import bar
+from mnclglf.train.fast import resolve, set_precision, start_line
+from mnclglf.train.progress import announce, bar
 from mnclglf.train.schedule import cosine_lr, set_lr
 
 
@@ -68,14 +69,31 @@ def evaluate(encoder: nn.Module, head: nn.Module, images: torch.Tensor, labels: 
     return {"top1": 100.0 * float(hits[1]) / n, "top5": 100.0 * float(hits[5]) / n}
 
 
+def backend_settings(speed: SpeedConfig, device: torch.device) -> dict[str, str]:
+    """The ``speed`` settings the probe honours: TF32 unless strict fp32, and cudnn.benchmark.
+
+    The frozen encoder's features stay fp32 (no bf16 autocast): the probe is a small share
+    of the paper run, and fp32 features keep its accuracy free of a precision choice.
+    """
+    want = resolve(speed, device)
+    status = {"precision": set_precision("fp32" if want["precision"] == "fp32" else "tf32", device)}
+    status["cudnn_benchmark"] = "on" if want["cudnn_benchmark"] and device.type == "cuda" else "off"
+    if status["cudnn_benchmark"] == "on":
+        torch.backends.cudnn.benchmark = True
+    return status
+
+
 def linear_eval(encoder_path: Path, cfg: LinearEvalConfig, data_root: str, seed: int, out_dir: Path,
-                metrics_path: Path, progress: bool = True) -> dict[str, Any]:
-    device = pick_device(cfg.device)
+                metrics_path: Path, progress: bool = True, speed: SpeedConfig | None = None) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(seed)
-    encoder, payload = load_encoder(encoder_path, device)
+    encoder, payload = load_encoder(encoder_path, torch.device("cpu"))
     dataset = payload["dataset"]
+    device = pick_device(cfg.device, dataset, "linear_eval.device")
+    encoder = encoder.to(device)
+    announce(start_line(f"linear-eval {payload.get('run', payload['method'])}@{dataset}", device,
+                        backend_settings(speed or SpeedConfig(), device)))
     meta = load_meta(data_root, dataset)
     num_classes = len(meta["classes"])
     train_x, train_y = (t.to(device) for t in load_split(data_root, dataset, "train"))

@@ -27,9 +27,9 @@ from mnclglf.methods import Method, build_method
 from mnclglf.models import ResNet18
 from mnclglf.paths import KEPT_ENCODER
 from mnclglf.train import checkpoint as ckpt
-from mnclglf.train.fast import apply_speed
+from mnclglf.train.fast import applied, apply_speed, start_line
 from mnclglf.train.env import batches, make_generator, pick_device, seed_everything
-from mnclglf.train.progress import bar
+from mnclglf.train.progress import announce, bar
 from mnclglf.train.schedule import cosine_lr, set_lr
 
 ENCODER_FILE = "encoder.pt"
@@ -68,7 +68,7 @@ def variant_of(cfg: RunConfig) -> str | None:
 
 
 def setup(cfg: RunConfig, images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Setup:
-    device = pick_device(cfg.pretrain.device)
+    device = pick_device(cfg.pretrain.device, cfg.dataset)
     if cfg.pretrain.threads:
         torch.set_num_threads(cfg.pretrain.threads)
     seed_everything(cfg.seed)
@@ -151,6 +151,7 @@ def pretrain(cfg: RunConfig, out_dir: Path, ckpt_dir: Path, metrics_path: Path, 
     meta = load_meta(cfg.data_root, cfg.dataset)
     images, labels = load_split(cfg.data_root, cfg.dataset, "train")
     s = setup(cfg, images, labels, len(meta["classes"]))
+    announce(start_line(f"pretrain {cfg.method}@{cfg.dataset}", s.device, applied(s)))
     n, bs = s.images.shape[0], cfg.pretrain.batch_size
     steps_per_epoch = n // bs
     if steps_per_epoch == 0 and cfg.pretrain.epochs > 0:
@@ -226,7 +227,8 @@ def pretrain(cfg: RunConfig, out_dir: Path, ckpt_dir: Path, metrics_path: Path, 
 
 def save_random_init(cfg: RunConfig, out_dir: Path, metrics_path: Path) -> dict[str, Any]:
     """The ``random-init`` row: the seeded, untrained encoder that every method's run starts from."""
-    device = pick_device(cfg.pretrain.device)
+    device = pick_device(cfg.pretrain.device, cfg.dataset)
+    announce(start_line(f"pretrain {cfg.method}@{cfg.dataset}", device, {"precision": "none (no training)"}))
     images, _ = load_split(cfg.data_root, cfg.dataset, "train")
     seed_everything(cfg.seed)
     m = cfg.model

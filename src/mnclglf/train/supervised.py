@@ -53,7 +53,7 @@ def train_supervised(cfg: RunConfig, out_dir: Path, ckpt_dir: Path, metrics_path
         raise UserError("pretrain.epochs = 0: the supervised baseline needs at least one epoch")
     start = time.perf_counter()
     summary = pretrain(cfg, out_dir, ckpt_dir, out_dir / PRETRAIN_SUMMARY, progress)
-    device = pick_device(cfg.pretrain.device)
+    device = pick_device(cfg.pretrain.device, cfg.dataset)
     encoder, payload = load_encoder(out_dir / ENCODER_FILE, device)
     num_classes = len(load_meta(cfg.data_root, cfg.dataset)["classes"])
     head, last = trained_head(cfg, ckpt_dir, num_classes)
