@@ -91,3 +91,16 @@ def test_mnclglf_loss_combines_terms() -> None:
     assert ls.item() == pytest.approx(((ops.infonce(c1, p3, 1.0) + ops.infonce(c3, p1, 1.0)) / 2).item())
     assert lm.item() == pytest.approx(((ops.infonce(z1, p2, 1.0) + ops.infonce(z2, p1, 1.0)) / 2).item())
     assert total.item() == pytest.approx(ls.item() + 6.0 * lm.item(), rel=1e-6)
+
+
+def test_combine_matrix_first_made_in_inference_mode_still_trains() -> None:
+    """The cached averaging matrix is an ordinary tensor even when inference mode made it first."""
+    for cache in ops.DEVICE_CACHES:
+        cache.cache_clear()
+    v = torch.randn(8, 3)
+    with torch.inference_mode():
+        ops.combine(v, 2)
+    w = v.clone().requires_grad_(True)
+    ops.combine(w, 2).sum().backward()
+    # each patch is in 3 of the 6 pairs, with weight 1/2
+    assert w.grad is not None and torch.equal(w.grad, torch.full_like(v, 1.5))

@@ -45,3 +45,36 @@ def test_queue_travels_in_state_dict() -> None:
 def test_batch_larger_than_queue() -> None:
     with pytest.raises(ValueError):
         Queue(2, 2).push(rows(0, 3))
+
+
+def drop_push_reference(bank: torch.Tensor, ptr: torch.Tensor, z: torch.Tensor) -> None:
+    """The drop mode as first written, with a boolean mask (a host sync on a GPU): the reference."""
+    size, n = bank.shape[0], z.shape[0]
+    pos = ptr + torch.arange(n)
+    keep = pos < size
+    bank[pos.clamp(max=size - 1)[keep]] = z[keep]
+    ptr.copy_(torch.where(ptr + n >= size, torch.zeros_like(ptr), ptr + n))
+
+
+@pytest.mark.parametrize("size", [1, 5, 8])
+def test_drop_overflow_matches_the_masked_reference_at_every_boundary(size: int) -> None:
+    """Every start and batch size, the overflow boundary included: the same rows and pointer."""
+    for start in range(size):
+        for n in range(1, size + 1):
+            q = Queue(size, 3, overflow="drop")
+            q.ptr.fill_(start)
+            bank, ptr = q.bank.clone(), q.ptr.clone()
+            z = torch.randn(n, 3, generator=torch.Generator().manual_seed(10 * start + n))
+            q.push(z)
+            drop_push_reference(bank, ptr, z)
+            assert torch.equal(q.bank, bank) and torch.equal(q.ptr, ptr), (start, n)
+
+
+def test_drop_overflow_matches_the_masked_reference_over_a_run() -> None:
+    q, gen = Queue(7, 2, overflow="drop"), torch.Generator().manual_seed(0)
+    bank, ptr = q.bank.clone(), q.ptr.clone()
+    for n in [3, 3, 3, 7, 1, 6, 2, 5, 4]:
+        z = torch.randn(n, 2, generator=gen)
+        q.push(z)
+        drop_push_reference(bank, ptr, z)
+        assert torch.equal(q.bank, bank) and torch.equal(q.ptr, ptr), n

@@ -6,6 +6,7 @@ checks call these by name, so their names and contracts are fixed.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -66,16 +67,45 @@ def combine(v: torch.Tensor, k: int, parts: int = 4) -> torch.Tensor:
     Block ``j`` is the mean of the k patch blocks of the j-th
     ``itertools.combinations(range(parts), k)``.
     """
-    combos = combinations(parts, k)
     if v.shape[0] % parts:
         raise ValueError(f"v has {v.shape[0]} rows, not a multiple of parts={parts}")
     n = v.shape[0] // parts
-    # One (C, parts) averaging matrix: a matmul is fast and, unlike a gather whose backward
-    # accumulates with index_add, has a deterministic gradient on every device.
-    weights = torch.zeros(len(combos), parts, dtype=v.dtype, device=v.device)
+    weights = _combine_weights(parts, k, v.device, v.dtype)
+    return (weights @ v.reshape(parts, -1)).reshape(weights.shape[0] * n, *v.shape[1:])
+
+
+def _combine_weights(parts: int, k: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The (C(parts, k), parts) averaging matrix of :func:`combine`, made once per device and dtype.
+
+    A matmul is fast and, unlike a gather whose backward accumulates with index_add, has a
+    deterministic gradient on every device. Building it writes host indices into a device
+    tensor, a host-to-device copy that would sync every step: eager code takes it from a
+    cache; ``torch.compile`` traces the build into its graph as a constant (Dynamo would
+    trace through the cache and warn).
+    """
+    if torch.compiler.is_compiling():
+        return _averaging_matrix(parts, k, device, dtype)
+    return _cached_averaging_matrix(parts, k, device, dtype)
+
+
+def _averaging_matrix(parts: int, k: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    combos = combinations(parts, k)
+    weights = torch.zeros(len(combos), parts, dtype=dtype, device=device)
     for j, combo in enumerate(combos):
         weights[j, list(combo)] = 1.0 / k
-    return (weights @ v.reshape(parts, -1)).reshape(len(combos) * n, *v.shape[1:])
+    return weights
+
+
+@functools.cache
+def _cached_averaging_matrix(parts: int, k: int, device: torch.device,
+                             dtype: torch.dtype) -> torch.Tensor:
+    """Made outside inference mode, so that a first call under ``torch.inference_mode`` (the
+    ``inference_mode_targets`` fast path) caches a tensor that autograd may save."""
+    with torch.inference_mode(False):
+        return _averaging_matrix(parts, k, device, dtype)
+
+
+DEVICE_CACHES = (_cached_averaging_matrix,)  # what tests that change devices clear
 
 
 def n_combinations(parts: int, k: int) -> int:
@@ -98,7 +128,7 @@ def ntxent(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
     z = F.normalize(torch.cat([a, b]), dim=1)
     sim = (z @ z.T) / tau
     sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
-    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    targets = torch.arange(2 * n, device=z.device).roll(n)  # [n..2n−1, 0..n−1], on the device
     return F.cross_entropy(sim, targets)
 
 

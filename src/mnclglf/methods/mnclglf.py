@@ -96,8 +96,11 @@ class MNCLGLF(Method):
             return self.projector(v)
 
     def pick_one(self, c: torch.Tensor, n: int, j: torch.Tensor) -> torch.Tensor:
-        """Block ``j`` of the C(4,k) combined blocks (Table 5's "one embedding" ablation)."""
-        return c.view(-1, n, c.shape[1])[j]
+        """Block ``j`` (0-dim, on the device) of the C(4,k) combined blocks (Table 5's ablation).
+
+        ``index_select``, not ``[j]``: indexing with a 0-dim tensor reads it back to the host.
+        """
+        return c.view(-1, n, c.shape[1]).index_select(0, j.reshape(1)).squeeze(0)
 
     def loss_s_term(self, c: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """One term of loss_s: the combined embeddings ``c`` of one view against the prediction ``p`` of the other."""

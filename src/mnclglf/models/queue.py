@@ -39,7 +39,10 @@ class Queue(nn.Module):
         if self.overflow == "wrap":
             self.bank[pos % self.size] = z.detach().to(self.bank.dtype)
             self.ptr.copy_((self.ptr + n) % self.size)
-        else:
-            keep = pos < self.size
-            self.bank[pos.clamp(max=self.size - 1)[keep]] = z.detach().to(self.bank.dtype)[keep]
+        else:  # rows ptr..size-1 take z[:size-ptr]; the rest is dropped
+            # No boolean mask (its nonzero would sync): every position past the end is clamped to
+            # the last row and writes the row that belongs there, so the duplicate writes agree.
+            last = self.size - 1
+            src = torch.arange(n, device=z.device).clamp(max=last - self.ptr)
+            self.bank[pos.clamp(max=last)] = z.detach().to(self.bank.dtype)[src]
             self.ptr.copy_(torch.where(self.ptr + n >= self.size, torch.zeros_like(self.ptr), self.ptr + n))

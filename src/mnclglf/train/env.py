@@ -84,8 +84,15 @@ def make_generator(device: torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def batches(n: int, batch_size: int, gen: torch.Generator, drop_last: bool = True) -> list[torch.Tensor]:
-    """One epoch of shuffled index batches, drawn from a CPU generator (device-independent order)."""
+def batches(n: int, batch_size: int, gen: torch.Generator, drop_last: bool = True,
+            device: torch.device | None = None) -> list[torch.Tensor]:
+    """One epoch of shuffled index batches, drawn from a CPU generator (device-independent order).
+
+    With ``device`` the permutation is copied there once and the batches are views of it:
+    one host-to-device copy per epoch instead of one per step.
+    """
     perm = torch.randperm(n, generator=gen)
+    if device is not None:
+        perm = perm.to(device)
     stop = n - n % batch_size if drop_last else n
     return [perm[i:i + batch_size] for i in range(0, stop, batch_size)]

@@ -16,6 +16,8 @@ in eval mode), at a fraction of the cost; the CPU profile uses it (docs/FIDELITY
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +85,51 @@ def backend_settings(speed: SpeedConfig, device: torch.device) -> dict[str, str]
     return status
 
 
+@dataclass
+class Probe:
+    """What a linear-eval epoch trains: the frozen encoder, the head and its optimiser, the split
+    on the device, its cached features (None: every batch augmented and encoded afresh)."""
+
+    encoder: nn.Module
+    head: nn.Module
+    optimizer: torch.optim.Optimizer
+    augment: CropFlipAugment
+    images: torch.Tensor
+    labels: torch.Tensor
+    cached: torch.Tensor | None
+    gens: dict[str, torch.Generator]
+
+
+def train_epoch(p: Probe, batch_size: int, lrs: list[float],
+                advance: Callable[[], None] = lambda: None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One epoch of the head, step ``i`` at ``lrs[i]``: the summed loss and hits, on the device.
+
+    The epoch's order is copied to the device once; nothing else crosses between host and device
+    (tests/test_no_host_sync.py), the caller reads the two sums once.
+    """
+    device = p.images.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    order = batches(p.images.shape[0], batch_size, p.gens["order"], drop_last=False, device=device)
+    for idx, lr in zip(order, lrs, strict=True):
+        set_lr(p.optimizer, lr)
+        if p.cached is None:
+            with torch.no_grad():
+                feats = p.encoder(p.augment(p.images[idx], p.gens["augment"]))
+        else:
+            feats = p.cached[idx]
+        logits = p.head(feats)
+        labels = p.labels[idx]
+        loss = F.cross_entropy(logits, labels)
+        p.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        p.optimizer.step()
+        loss_sum += loss.detach() * idx.numel()
+        correct += (logits.argmax(1) == labels).sum()
+        advance()
+    return loss_sum, correct
+
+
 def linear_eval(encoder_path: Path, cfg: LinearEvalConfig, data_root: str, seed: int, out_dir: Path,
                 metrics_path: Path, progress: bool = True, speed: SpeedConfig | None = None) -> dict[str, Any]:
     if cfg.threads:
@@ -118,27 +165,13 @@ def linear_eval(encoder_path: Path, cfg: LinearEvalConfig, data_root: str, seed:
     logger = EpochLogger(out_dir / "live", [])
     start = time.perf_counter()
     cached = None if cfg.augment else encode(encoder, train_x, transform)
+    p = Probe(encoder, head, optimizer, augment, train_x, train_y, cached, gens)
     with bar(progress) as pbar:
         task = pbar.add_task(f"linear-eval {payload['method']}@{dataset}", total=total, status="")
         for epoch in range(1, cfg.epochs + 1):
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device)
-            for i, idx in enumerate(batches(n, bs, gens["order"], drop_last=False)):
-                set_lr(optimizer, cosine_lr((epoch - 1) * steps_per_epoch + i, total, cfg.lr))
-                idx = idx.to(device)
-                if cached is None:
-                    with torch.no_grad():
-                        feats = encoder(augment(train_x[idx], gens["augment"]))
-                else:
-                    feats = cached[idx]
-                logits = head(feats)
-                loss = F.cross_entropy(logits, train_y[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.detach() * idx.numel()
-                correct += (logits.argmax(1) == train_y[idx]).sum()
-                pbar.advance(task)
+            first = (epoch - 1) * steps_per_epoch
+            lrs = [cosine_lr(first + i, total, cfg.lr) for i in range(steps_per_epoch)]
+            loss_sum, correct = train_epoch(p, bs, lrs, lambda: pbar.advance(task))
             row = {"epoch": epoch, "train_loss": float(loss_sum) / n, "train_top1": 100.0 * float(correct) / n}
             logger.log(row)
             pbar.update(task, status=f"loss {row['train_loss']:.3f}")

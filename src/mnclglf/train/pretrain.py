@@ -1,16 +1,20 @@
 """Self-supervised pretraining: the loop every method of Table 3 runs under.
 
-The split lives on the training device as uint8; each step draws a batch of indices,
-makes the method's views with batched augmentation, calls ``method.step`` and the
-optimiser. Scalars are summed on the device and read once per epoch (no host sync
-per step). Checkpoints hold model, momentum network, queue, optimiser, step and
-every RNG state, so a run killed at any point resumes to the same final weights.
+The split lives on the training device as uint8; each epoch's order is drawn on the CPU
+and copied to the device once, and each step takes a batch of those indices, makes the
+method's views with batched augmentation, calls ``method.step`` and the optimiser.
+Scalars are summed on the device and read once per epoch: a step neither syncs with the
+host nor copies anything across, for every method (tests/test_no_host_sync.py runs the
+step on device tensors and records every sync and copy). Checkpoints hold model,
+momentum network, queue, optimiser, step and every RNG state, so a run killed at any
+point resumes to the same final weights.
 """
 
 from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,6 +107,26 @@ def train_step(s: Setup, idx: torch.Tensor, step: int, total: int) -> tuple[torc
     return out.loss.detach(), out.logs, out.embedding
 
 
+def run_epoch(s: Setup, epoch: int, steps_per_epoch: int, total: int,
+              advance: Callable[[], None] = lambda: None) -> dict[str, torch.Tensor]:
+    """The steps of epoch ``epoch`` (from 1); returns the sums of the logged scalars, on the device.
+
+    The epoch's order is drawn on the CPU and copied to the device once; the caller reads
+    the sums once (tests/test_no_host_sync.py checks that nothing else crosses).
+    """
+    sums: dict[str, torch.Tensor] = {}
+    order = batches(s.images.shape[0], s.cfg.pretrain.batch_size, s.gens["order"], device=s.device)
+    for i, idx in enumerate(order):
+        loss, logs, emb = train_step(s, idx, (epoch - 1) * steps_per_epoch + i, total)
+        row = {"loss": loss, **logs}
+        if emb is not None:
+            row["embedding_std"] = ops.embedding_std(emb)
+        for k, v in row.items():
+            sums[k] = sums.get(k, 0) + v.float()
+        advance()
+    return sums
+
+
 def initial_embedding_std(s: Setup, bs: int) -> float | None:
     """The collapse monitor before any update, measured on a throw-away copy (no state is touched)."""
     probe_method = copy.deepcopy(s.method)
@@ -178,16 +202,7 @@ def pretrain(cfg: RunConfig, out_dir: Path, ckpt_dir: Path, metrics_path: Path, 
                              status="")
         for epoch in range(epoch0 + 1, cfg.pretrain.epochs + 1):
             t0 = time.perf_counter()
-            sums: dict[str, torch.Tensor] = {}
-            for i, idx in enumerate(batches(n, bs, s.gens["order"])):
-                step = (epoch - 1) * steps_per_epoch + i
-                loss, logs, emb = train_step(s, idx.to(s.device), step, total)
-                row = {"loss": loss, **logs}
-                if emb is not None:
-                    row["embedding_std"] = ops.embedding_std(emb)
-                for k, v in row.items():
-                    sums[k] = sums.get(k, 0) + v.float()
-                pbar.advance(task)
+            sums = run_epoch(s, epoch, steps_per_epoch, total, lambda: pbar.advance(task))
             dt = time.perf_counter() - t0
             entry = {"epoch": epoch, **{k: float(v) / steps_per_epoch for k, v in sums.items()},
                      "lr": cosine_lr(epoch * steps_per_epoch - 1, total, cfg.pretrain.lr, cfg.pretrain.final_lr,
