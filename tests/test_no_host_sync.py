@@ -17,8 +17,11 @@ the fake CUDA tensors run the forward pass on this CPU-only machine, but backwar
 (the autograd engine asks the CUDA driver for a primary context), while meta tensors run
 all of the step through the same shape-only kernels that fake tensors use. The project's
 code takes the same path on meta as on a GPU (its only device tests in the step are
-``device.type == "cpu"`` for the augmentation's subset path and ``"cuda"`` for bf16 and the
-fused SGD, both off by default); torch's SGD and gradient clipping take their per-tensor
+``device.type == "cpu"`` for the augmentation's subset path and ``"cuda"`` for the CUDA
+defaults of ``speed``: bf16 autocast, TF32, cudnn.benchmark, channels-last and the fused SGD,
+which resolve to off on meta and are not covered here; on a GPU the bench, and so
+``make gpu-check``, runs a step with them under ``torch.cuda.set_sync_debug_mode("error")``);
+torch's SGD and gradient clipping take their per-tensor
 loops on meta where CUDA gets their foreach kernels, neither reading anything back. A ``torch.Generator`` cannot be made for meta, so the
 augmentation generator is a CPU generator whose ``device`` reads ``meta``: the draws made
 with ``device=gen.device`` land on the device, as with a CUDA generator.
