@@ -234,7 +234,7 @@ def pretrain(cfg: RunConfig, out_dir: Path, ckpt_dir: Path, metrics_path: Path, 
         "embedding_std_min_ratio": (min(stds) / init_std) if stds and init_std else None,
         "images_per_s": (sum(h["images_per_s"] for h in history) / len(history)) if history else None,
         "wall_s_this_run": time.perf_counter() - start,
-        "device": str(s.device),
+        "device": str(s.device), "speed": applied(s),  # the arithmetic and fast paths that made this run
     }
     write_json(metrics_path, summary)
     return summary
