@@ -79,7 +79,7 @@ def test_one_claim_per_table_held_not_decidable_not_held_missing(tmp_path: Path)
         for p in (metrics / "cifar10" / f"mnclglf-k{k}").iterdir():
             p.unlink()
     judged = by_id(_judge(metrics, tmp_path / "out", seeds=[0, 1, 2]))
-    sigma = json.loads((tmp_path / "out" / "verdict.json").read_text())["seed_spread"]
+    sigma = json.loads((tmp_path / "out" / "verdict.json").read_text())["seed_spread"]["top1"]
     assert 0.2 < sigma < 0.9  # measured from Table 3's three seeds
 
     t3 = judged["t3-outperforms"]
@@ -162,6 +162,7 @@ def test_smoke_claims_are_a_pipeline_check(tmp_path: Path) -> None:
     assert "**Pipeline check.**" in (out / "claims.md").read_text()
     page = write_summary(metrics, "smoke", ["digits"], "digits", out).read_text()
     assert "## The paper's claims" in page and "t3-outperforms" in page
+    assert "**Pipeline check**: no claim is the paper's" in page
 
 
 # ----------------------------------------------------------------------------- the quick profile
@@ -230,3 +231,22 @@ def test_bad_short_run_names_are_refused(name: str) -> None:
     raw = config.read_params(REPO / "params.yaml")
     with pytest.raises(UserError):
         config.run_config(raw, "cifar10", name)
+
+
+def test_report_smoke_writes_the_claim_table_that_make_smoke_prints(tmp_path: Path) -> None:
+    from mnclglf.report.summary import report_command
+
+    metrics = build_tree(tmp_path / "m", datasets=["digits"], ablation_dataset="digits")
+    out = tmp_path / "results" / "smoke"
+    p = tmp_path / "params.yaml"
+    smoke = {"datasets": ["digits"], "results": str(out)}
+    p.write_text(yaml.safe_dump({"seed": 0, "profiles": {"smoke": smoke}}))
+    args = ["--metrics", str(metrics), "--runs", str(tmp_path / "runs"), "--params", str(p)]
+    res = CliRunner().invoke(report_command, ["--profile", "smoke", *args, "--paper", str(PAPER)])
+    assert res.exit_code == 0, res.output
+    assert f"claims: {out / 'claims.md'}" in res.output
+    text = (out / "claims.md").read_text()
+    assert text.startswith("# The paper's claims — smoke profile") and "**Pipeline check.**" in text
+    makefile = (REPO / "Makefile").read_text()
+    recipe = makefile.split("\nsmoke: install\n")[1].split("\n\n")[0]
+    assert recipe.splitlines()[-1].strip() == "@cat results/smoke/claims.md"

@@ -10,7 +10,9 @@ it clears it the other way, and is otherwise **not decidable**.
 * Several seeds on both sides: Δ is the mean difference; SE is the standard error of the per-seed
   differences (paired, when the seeds match), else sqrt(s_a²/n_a + s_b²/n_b).
 * One seed: SE = √2·σ, with σ the seed-to-seed spread *measured on the same profile* (the
-  pooled sample standard deviation of its cells that have several seeds). A profile with one seed
+  pooled sample standard deviation of its cells of the same metric, top-1 or top-5, that have
+  several seeds: top-5 moves less than top-1, so one σ for both would flatter top-1). A profile
+  with one seed
   everywhere has no σ, and then no one-seed comparison is decidable: it is never "held".
 
 A claim is **held** when all its comparisons hold, **not held** when one fails, **missing** when
@@ -95,7 +97,7 @@ def released_cells(datasets: list[str], run: str = "mnclglf-released") -> dict[s
 
 def short_cells(claims: list[dict[str, Any]], dataset: str, epochs: int,
                 runs: list[str]) -> dict[str, Cell]:
-    """The cells of the ``runs: short`` claims: ``table5/<run>/<col>`` is the run ``<run>-e<epochs>``.
+    """The cells of the ``runs: short`` claims: ``table5/<run>/<col>`` is the run ``<run>-e<N>``.
 
     The claim names the paper's (50-epoch) column, whose numbers are the paper's own support;
     ours carry no paper number: a separate short run has its own cosine schedule, so it is
@@ -112,13 +114,24 @@ def short_cells(claims: list[dict[str, Any]], dataset: str, epochs: int,
     return out
 
 
-def seed_spread(cells: list[Cell]) -> tuple[float | None, int]:
-    """(pooled sample std over seeds of the cells with several seeds, their count) or (None, 0)."""
-    many = [c for c in cells if c.n > 1]
+Spread = tuple[float | None, int]  # (σ, how many cells it is pooled over); (None, 0): not measured
+
+
+def seed_spread(cells: list[Cell], key: str) -> Spread:
+    """Pooled sample std over seeds of the ``key`` (top1/top5) cells that have several seeds.
+
+    A run shared by several tables (the main ``mnclglf`` run) counts once.
+    """
+    many = list({tuple(c.files): c for c in cells if c.n > 1 and c.key == key}.values())
     dof = sum(c.n - 1 for c in many)
     if not dof:
         return None, 0
     return math.sqrt(sum((c.n - 1) * statistics.variance(c.values) for c in many) / dof), len(many)
+
+
+def spreads(cells: list[Cell]) -> dict[str, Spread]:
+    """σ of each metric the claims compare, measured on these cells."""
+    return {key: seed_spread(cells, key) for key in ("top1", "top5")}
 
 
 def difference(a: Cell, b: Cell, spread: float | None) -> tuple[float, float | None, str]:
@@ -159,7 +172,7 @@ def paper_holds(claim: dict[str, Any], a_key: str, b_key: str,
 
 
 def _comparison(claim: dict[str, Any], a_key: str, b_key: str, cells: dict[str, Cell],
-                paper: dict[str, Any], spread: float | None) -> dict[str, Any]:
+                paper: dict[str, Any], sigmas: dict[str, Spread]) -> dict[str, Any]:
     a, b = cells.get(a_key), cells.get(b_key)
     pa, pb = paper_value(paper, a_key), paper_value(paper, b_key)
     margin = float(claim.get("margin", 0.0))
@@ -169,7 +182,7 @@ def _comparison(claim: dict[str, Any], a_key: str, b_key: str, cells: dict[str, 
            "paper_holds": paper_holds(claim, a_key, b_key, paper)}
     if a is None or b is None or a.n == 0 or b.n == 0:
         return out
-    d, se, basis = difference(a, b, spread)
+    d, se, basis = difference(a, b, sigmas[a.key][0])
     out.update(ours_a=round(a.mean or 0.0, 4), ours_b=round(b.mean or 0.0, 4), delta=round(d, 4),
                se=None if se is None else round(se, 4), basis=basis,
                verdict=compare(claim["relation"], margin, d, se))
@@ -206,7 +219,7 @@ def _evidence(comps: list[dict[str, Any]], verdict: str) -> str:
 def judge_claims(claims: list[dict[str, Any]], cells: dict[str, Cell], paper: dict[str, Any],
                  datasets: list[str], short: bool) -> list[dict[str, Any]]:
     """Every claim the profile checks, judged; a short-run profile lists the rest as not checked."""
-    spread, _ = seed_spread(list(cells.values()))
+    sigmas = spreads(list(cells.values()))
     out = []
     for claim in claims:
         mine = (claim.get("runs") == SHORT) == short
@@ -222,25 +235,25 @@ def judge_claims(claims: list[dict[str, Any]], cells: dict[str, Cell], paper: di
             out.append({**base, "verdict": "not checked", "comparisons": [],
                         "evidence": f"needs the 200-epoch runs of {table} (the paper profile)"})
             continue
-        comps = [_comparison(claim, a, b, cells, paper, spread) for a, b in pairs]
+        comps = [_comparison(claim, a, b, cells, paper, sigmas) for a, b in pairs]
         verdict = claim_verdict([c["verdict"] for c in comps])
         out.append({**base, "verdict": verdict, "comparisons": comps,
                     "evidence": _evidence(comps, verdict)})
     return out
 
 
-def claims_markdown(claims: list[dict[str, Any]], profile: str, spread: tuple[float | None, int],
+def claims_markdown(claims: list[dict[str, Any]], profile: str, sigmas: dict[str, Spread],
                     pipeline_check: bool) -> str:
     """The claim table of ``claims.md`` (and of ``summary.md``)."""
-    sigma, n = spread
     lines = [f"# The paper's claims — {profile} profile", ""]
     if pipeline_check:
         lines += ["> **Pipeline check.** These runs are not on the paper's datasets: no claim "
                   "here is the paper's claim about them. The table tests the claim machinery end "
                   "to end.", ""]
-    measured = (f"σ = {sigma:.2f} points, pooled over {n} cells with several seeds."
-                if sigma is not None else "No σ was measured here (one seed per run): no one-seed "
-                "comparison is decidable; add seeds (`repeat_seeds`).")
+    found = [f"σ({key}) = {s:.2f} points, pooled over {n} cells with several seeds"
+             for key, (s, n) in sigmas.items() if s is not None]
+    measured = ("; ".join(found) + "." if found else "No σ was measured here (one seed per run): "
+                "no one-seed comparison is decidable; add seeds (`repeat_seeds`).")
     lines += [f"Rule: a comparison holds when its difference Δ exceeds {Z:g} standard errors (SE); "
               "several seeds: SE of the mean difference; one seed: SE = √2·σ, σ the seed-to-seed "
               f"spread measured on this profile. {measured}", "",

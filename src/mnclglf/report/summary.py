@@ -181,12 +181,13 @@ def _verdict_lines(verdict: dict[str, Any] | None, profile: str) -> list[str]:
     return lines
 
 
-def _claim_lines(verdict: dict[str, Any] | None) -> list[str]:
+def _claim_lines(verdict: dict[str, Any] | None, pipeline_check: bool) -> list[str]:
     """One line per claim (its verdict, the comparison deciding it); the full table: claims.md."""
     claims = (verdict or {}).get("claims") or []
     if not claims:
         return ["No claims judged (no claims.yaml beside paper.yaml, or no verdict yet)."]
-    lines = ["Details, with the paper's sentences: [claims.md](claims.md).", "",
+    lines = ["**Pipeline check**: no claim is the paper's on this data.", ""] if pipeline_check else []
+    lines += ["Details, with the paper's sentences: [claims.md](claims.md).", "",
              "| claim | verdict | evidence |", "|---|---|---|"]
     lines += [f"| `{c['id']}` | {c['verdict']} | {c['evidence']} |" for c in claims]
     return lines
@@ -206,9 +207,10 @@ def summary_markdown(metrics_root: Path | str, profile_name: str, profile_datase
     times, time_source = time_per_table(metrics_root, datasets)
 
     lines = [f"# MNCLGLF reproduction — {profile_name} profile", ""]
-    if profile_name == "smoke" or set(datasets) <= {"digits"}:
+    smoke = profile_name == "smoke" or set(datasets) <= {"digits"}
+    if smoke:
         lines += ["> " + SMOKE_BANNER, ""]
-    lines += ["## The paper's claims", "", *_claim_lines(verdict), ""]
+    lines += ["## The paper's claims", "", *_claim_lines(verdict, smoke), ""]
     lines += ["## Verdict", "", *_verdict_lines(verdict, profile_name), ""]
 
     lines += ["## What was run", ""]

@@ -89,9 +89,9 @@ CELL_RULE = ("pass: |ours - paper| <= max(tolerance, 2*std over seeds when n >= 
              "n/a: ours is on another dataset than the paper's (smoke profile), or a short run "
              "(quick profile: judged through the claims only)")
 CLAIM_RULE = (f"held: every comparison's difference exceeds {claimlib.Z:g} SE; one seed: "
-              "SE = sqrt(2)*sigma, sigma the seed-to-seed spread measured on the profile (none "
-              "measured: not decidable); not held: one comparison fails by more than its noise; "
-              "missing: all cells missing")
+              "SE = sqrt(2)*sigma, sigma the seed-to-seed spread of that metric on the profile "
+              "(none measured: not decidable); not held: one comparison fails by more than its "
+              "noise; missing: all cells missing")
 
 
 def judge_all(metrics_root: Path | str, paper_path: Path | str, tolerance: float, profile: str, *,
@@ -118,17 +118,17 @@ def judge_all(metrics_root: Path | str, paper_path: Path | str, tolerance: float
     counts = {v: sum(1 for d in out if d["verdict"] == v) for v in VERDICTS}
     ok = counts["fail"] == 0 and counts["missing"] == 0 and bool(out)
     judged = claimlib.judge_claims(claims, index, paper, datasets, short is not None)
-    sigma, pooled = claimlib.seed_spread(list(index.values()))
+    sigmas = claimlib.spreads(list(index.values()))
     if out_dir is not None:
         pipeline = any(d not in paper["table3"] for d in datasets)
         write_text(Path(out_dir) / "claims.md",
-                   claimlib.claims_markdown(judged, profile, (sigma, pooled), pipeline))
+                   claimlib.claims_markdown(judged, profile, sigmas, pipeline))
         write_json(Path(out_dir) / "verdict.json", {
             "profile": profile, "tolerance": tolerance, "ok": ok, "counts": counts,
             "rule": CELL_RULE,
             "datasets": list(datasets), "ablation_dataset": ablation_dataset,
             "short_runs": short is not None, "cells": out, "claim_rule": CLAIM_RULE,
-            "seed_spread": None if sigma is None else round(sigma, 4),
+            "seed_spread": {k: None if s is None else round(s, 4) for k, (s, _) in sigmas.items()},
             "claims_file": cfile.as_posix() if claims else None, "claims": judged,
             "claim_counts": {v: sum(1 for c in judged if c["verdict"] == v)
                              for v in claimlib.CLAIM_VERDICTS},
