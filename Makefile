@@ -42,6 +42,7 @@ smoke: install
 	$(MAKE) --no-print-directory -j2 smoke-lane-table3 smoke-lane-ablations
 	$(BIN)/dvc repro tabulate-smoke
 	@echo "Tables 3-6 on the bundled digits data: results/smoke/table3.md ... table6.md, results/smoke/summary.md, plots in results/smoke/plots/"
+	@cat results/smoke/claims.md
 
 smoke-lane-table3 smoke-lane-ablations: install
 	$(BIN)/dvc --wait-for-lock repro $(if $(filter smoke-lane-table3,$@),$(SMOKE_LANE_TABLE3),$(SMOKE_LANE_ABLATIONS))
@@ -51,6 +52,15 @@ smoke-lane-table3 smoke-lane-ablations: install
 all: install
 	$(BIN)/mnclglf doctor --profile paper
 	$(BIN)/dvc repro
+
+# A reviewer's first GPU hour (README "What each budget buys"): the doctor prints the estimate
+# (projected from docs/RESOURCES.md, and timed on this GPU) before anything runs; then the runs
+# and the claim table.
+.PHONY: quick
+quick: install
+	$(BIN)/mnclglf doctor --profile quick
+	$(BIN)/dvc repro tabulate-quick
+	@cat results/quick/claims.md
 
 # One GPU's proof in at most 8 minutes (scripts/gpu_check.py): doctor, the bench of every method
 # at the paper's shapes, download -> pretrain -> linear-eval on CUDA; results/bench/<gpu>.json.

@@ -183,7 +183,8 @@ def test_image_copy_holds_source_not_state(image_copy: Path) -> None:
     for absent in (".git", ".venv", "metrics", "runs", ".dvc/cache", ".dvc/tmp", "results/smoke"):
         assert not (image_copy / absent).exists(), absent
     for present in ("src/mnclglf/cli.py", "src/mnclglf/envinfo.py", "params.yaml", "dvc.yaml", "Makefile",
-                    "requirements.lock", "pyproject.toml", "results/paper.yaml", "Dockerfile", ".dvc/config"):
+                    "requirements.lock", "pyproject.toml", "results/paper.yaml", "Dockerfile",
+                    ".dvc/config", "results/claims.yaml", "results/bench/flops.json"):
         assert (image_copy / present).is_file(), present
     assert not any(p.name == "__pycache__" for p in image_copy.rglob("*"))
     assert not [p for p in (image_copy / "data").rglob("*") if p.is_file() and p.name != "README.md"] \

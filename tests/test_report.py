@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from mnclglf.report import ablations
+from mnclglf.report import claims as claimlib
 from mnclglf.report.ablations import load_paper, write_all_tables
 from test_verify import PAPER, REPO, build_tree
 
@@ -101,6 +102,15 @@ def test_paper_yaml_matches_the_paper_text() -> None:
     assert set(compared) == {3, 4, 5, 6} and sum(compared.values()) >= 10
     # every number of paper.yaml was found in the text
     assert compared == {3: 48, 4: 5, 5: 12, 6: 8}
+    # the claims: each quotes the paper word for word and names cells of paper.yaml (checked above)
+    words = " ".join(PAPER_MD.read_text().split())
+    claims = claimlib.load_claims(PAPER.with_name("claims.yaml"))
+    assert {c["table"] for c in claims} == {"table3", "table4", "table5", "table6"}
+    for claim in claims:
+        assert " ".join(claim["sentence"].split()) in words, claim["id"]
+        for key in (k for pair in claimlib.expand(claim, datasets) for k in pair):
+            known = key.startswith("released/") or claimlib.paper_value(paper, key) is not None
+            assert known, (claim["id"], key)
 
 
 # ----------------------------------------------------------------------------- ablation tables

@@ -25,6 +25,10 @@ values (λ = 6, k = 2) are not repeated there, the tables share the main run.
 Seeds: ``seed`` is the seed of every run; each seed of ``repeat_seeds`` repeats the
 Table 3 runs as ``<run>-seed<s>`` (initialisation, augmentation draws and data order
 all follow the seed; the data split does not).
+
+A *short run* ``<run>-e<N>`` (the quick profile, ``profiles.quick``) is ``<run>`` trained for
+N epochs as a run of its own (its cosine schedule spans N epochs), keeping no intermediate
+encoders; ``<run>-e<N>-seed<s>`` is its repeat with seed s.
 """
 
 from __future__ import annotations
@@ -53,12 +57,26 @@ VARIANT_SECTIONS = ("model", "augment", "pretrain", "mnclglf", "linear_eval")  #
 
 ABLATION_RUN = re.compile(r"^mnclglf-(?:lam(?P<lam>\d+(?:\.\d+)?)|k(?P<k>\d+)|(?P<one>one))$")
 SEED_RUN = re.compile(r"^(?P<run>.+)-seed(?P<seed>\d+)$")
+# A separate short run (the quick profile): ``<run>-e<N>`` is ``<run>`` trained for N epochs, with
+# its own cosine schedule and no kept encoders; not the epoch-N encoder of a longer run (Table 5).
+EPOCHS_RUN = re.compile(r"^(?P<run>.+)-e(?P<epochs>\d+)$")
 
 
 def split_seed(run: str) -> tuple[str, int | None]:
     """``<run>-seed<s>`` → (``<run>``, s); any other name → (name, None)."""
     m = SEED_RUN.match(run)
     return (m["run"], int(m["seed"])) if m else (run, None)
+
+
+def short_run(run: str, epochs: int) -> str:
+    """``run`` as a separate ``epochs``-epoch run (the inverse of :func:`split_epochs`)."""
+    return f"{run}-e{epochs}"
+
+
+def split_epochs(run: str) -> tuple[str, int | None]:
+    """``<run>-e<N>`` → (``<run>``, N); any other name → (name, None). Strip the seed first."""
+    m = EPOCHS_RUN.match(run)
+    return (m["run"], int(m["epochs"])) if m else (run, None)
 
 
 def ablation_keys(run: str) -> dict[str, Any]:
@@ -74,8 +92,9 @@ def ablation_keys(run: str) -> dict[str, Any]:
 
 
 def plain_run(run: str) -> str:
-    """The run whose sections ``run`` reads: the name without its seed suffix, ``mnclglf`` for an ablation."""
-    name = split_seed(run)[0]
+    """The run whose sections ``run`` reads: the name without its seed and epochs suffixes,
+    ``mnclglf`` for an ablation."""
+    name = split_epochs(split_seed(run)[0])[0]
     return "mnclglf" if ablation_keys(name) else name
 
 
@@ -90,7 +109,8 @@ def check_run(run: str, extra: tuple[str, ...] = ("supervised", "random-init")) 
     allowed = (*RUN_METHODS, *extra)
     if plain_run(run) not in allowed:
         raise UserError(f"method = {run!r}: expected one of {', '.join(allowed)}, an ablation run (mnclglf-lam<λ>, "
-                        f"mnclglf-k<k>, mnclglf-one), or one of these followed by -seed<s>")
+                        f"mnclglf-k<k>, mnclglf-one), any of these followed by -e<epochs> "
+                        f"(a separate short run) and/or -seed<s>")
     return run
 
 
@@ -562,8 +582,12 @@ def run_config(raw: dict[str, Any], dataset: str, method: str) -> RunConfig:
     """
     check_run(method)
     name, seed_override = split_seed(method)
+    name, short_epochs = split_epochs(name)
     run = plain_run(method)
     ablation = ablation_keys(name)
+    if short_epochs == 0:
+        raise UserError(f"method = {method!r}: a short run -e<epochs> needs at least 1 epoch")
+    short = {"pretrain": {"epochs": short_epochs, "keep_epochs": []}} if short_epochs else {}
     over = _overrides(raw, "overrides", dataset)
     unknown = sorted(set(over) - set(SECTIONS) - set(VARIANT_RUNS))
     if unknown:
@@ -573,7 +597,7 @@ def run_config(raw: dict[str, Any], dataset: str, method: str) -> RunConfig:
     sections = {}
     for section, cls in SECTIONS.items():
         merged = raw.get(section) or {}
-        for layer in (own, over, hook, {"mnclglf": ablation}):
+        for layer in (own, over, hook, {"mnclglf": ablation}, short):
             merged = deep_merge(merged, layer.get(section) or {})
         sections[section] = build(cls, merged, section)
     seed = seed_override if seed_override is not None else seeds(raw)[0]

@@ -6,11 +6,15 @@ usable CUDA GPU, a GPU this torch build has no kernels for, too little disk, a f
 cannot be written. The wall-time estimate times a few MNCLGLF steps of the profile's real
 configuration on synthetic data of each dataset's shape and prices every pretraining run of
 the profile at that rate (MNCLGLF's is the costliest step at each shape, so it is an upper
-bound; linear evaluation adds about 5 %, docs/RESOURCES.md).
+bound; linear evaluation adds about 5 %, docs/RESOURCES.md). Beside it, on any machine, the
+projection that docs/RESOURCES.md makes: each run's counted FLOPs per image
+(``results/bench/flops.json``) at an assumed share of one H100's dense bf16 peak, so that a
+profile's GPU cost can be read before a GPU is at hand (a projection, not a measurement).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -29,11 +33,15 @@ from mnclglf.errors import UserError
 from mnclglf.train.env import GPU_DATASETS, cuda_problem, unsupported_arch
 
 #: Disk a profile needs, in GB: data + run outputs + DVC's cached copy of the outputs
-#: (docs/RESOURCES.md: paper 2.3 GB data + about 10 GB outputs; smoke under 0.2 GB).
-DISK_NEED_GB = {"paper": 25.0, "smoke": 1.0}
+#: (docs/RESOURCES.md: paper 2.3 GB data + about 10 GB outputs; smoke under 0.2 GB; quick:
+#: CIFAR-10 and six runs' checkpoints, about 3 GB).
+DISK_NEED_GB = {"paper": 25.0, "smoke": 1.0, "quick": 6.0}
 #: Training images of each dataset when it is not prepared yet (the official splits; digits: 1797 × 0.8).
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "tinyimagenet": 100_000, "digits": 1_437}
 MIN_DRIVER = 580  # the CUDA 13 builds of requirements.lock
+FLOPS_FILE = Path("results/bench/flops.json")  # counted FLOPs/image, docs/RESOURCES.md's source
+PROJECTED_SHARE = 0.40  # of the H100's dense bf16 peak: docs/RESOURCES.md's assumption
+PROJECTED_GPU = "H100"
 
 
 @dataclass
@@ -152,19 +160,77 @@ def writable(folders: list[Path]) -> list[Check]:
     return rows
 
 
-def profile_runs(raw: dict[str, Any], names: list[str]) -> list[tuple[str, str]]:
-    """Every (dataset, run) that pretrains in the profile: dvc.yaml's pretrain stages."""
+def profile_runs(raw: dict[str, Any], profile: str) -> list[tuple[str, str]]:
+    """Every (dataset, run) that pretrains in ``profile``: dvc.yaml's pretrain stages of it.
+
+    A short-run profile (``epochs`` set: quick) pretrains ``runs`` as ``<run>-e<epochs>`` and
+    ``repeat_runs`` once more per seed of its ``repeat_seeds``; the others pretrain every Table 3
+    run (once more per seed of ``repeat_seeds``) and, on ``ablation_datasets``, Tables 4-6's.
+    """
+    prof = (raw.get("profiles") or {})[profile]
+    names = list(prof["datasets"])
+    if prof.get("epochs"):
+        e = int(prof["epochs"])
+        runs = [(d, config.short_run(r, e)) for d in names for r in prof.get("runs") or []]
+        seeds, again = prof.get("repeat_seeds") or [], prof.get("repeat_runs") or []
+        repeats = [(s, r) for s in seeds for r in again]
+        return runs + [(d, f"{config.short_run(r, e)}-seed{s}") for d in names for s, r in repeats]
     runs = []
     abl = raw.get("ablations") or {}
-    seeds = config.seeds(raw)
+    repeats = config.seeds(raw)[1:]
     for d in names:
         methods = [m for m in raw.get("methods", []) if m != "random-init"]
         runs += [(d, m) for m in [*methods, "supervised"]]
-        runs += [(d, f"{m}-seed{s}") for s in seeds for m in [*methods, "supervised"]]
+        runs += [(d, f"{m}-seed{s}") for s in repeats for m in [*methods, "supervised"]]
         if d in raw.get("ablation_datasets", []):
             runs += [(d, f"mnclglf-lam{v:g}") for v in abl.get("lam", [])]
             runs += [(d, f"mnclglf-k{v}") for v in abl.get("k", [])] + [(d, "mnclglf-one")]
     return runs
+
+
+def _projected_seconds(raw: dict[str, Any], d: str, run: str, entry: dict[str, Any],
+                       rate: float) -> float:
+    """One run's pretraining and final linear evaluation at ``rate`` FLOP/s (docs/RESOURCES.md)."""
+    images = TRAIN_IMAGES[d]
+    seconds = images * config.run_config(raw, d, run).pretrain.epochs * entry["flops_per_image"]
+    if config.base_method(run) != "supervised":  # the probe: the frozen encoder forward per image
+        lin_epochs = config.linear_eval_config(raw, d, run).epochs
+        seconds += images * lin_epochs * entry["encoder_forward_flops_per_image"]
+    return seconds / rate
+
+
+def projected(raw: dict[str, Any], profile: str, flops_file: Path = FLOPS_FILE) -> Check:
+    """The profile's runs on one H100, projected as docs/RESOURCES.md does: not measured.
+
+    seconds = images × epochs × FLOPs/image ÷ (share × peak), with the FLOPs counted per image
+    in ``flops_file``; a linear evaluation runs the frozen encoder forward for its epochs.
+    """
+    from mnclglf.bench import peak_bf16
+
+    try:
+        entries = json.loads(flops_file.read_text())["runs"]
+    except (OSError, ValueError, KeyError):
+        return Check("projected time", "info", f"not projected: no {flops_file}")
+    counted = {(e["config"]["run"], e["config"]["h"]): e for e in entries
+               if e.get("kind") == "flops"}
+    rate = PROJECTED_SHARE * (peak_bf16(PROJECTED_GPU) or 0.0)
+    runs = profile_runs(raw, profile)
+    seconds = 0.0
+    for d, run in runs:
+        released = config.plain_run(run) == "mnclglf-released"
+        name = "mnclglf-released" if released else config.base_method(run)
+        # the released run upsamples every dataset to 224 px: one figure, filed under h = 32
+        entry = counted.get((name, 64 if d == "tinyimagenet" and not released else 32))
+        if entry is None or d not in TRAIN_IMAGES or d == "digits":
+            return Check("projected time", "info",
+                         f"not projected: {flops_file} has no figure for {d}/{name}")
+        seconds += _projected_seconds(raw, d, run, entry, rate)
+    return Check("projected time", "info",
+                 f"projected on one {PROJECTED_GPU}: {_duration(seconds)} from docs/RESOURCES.md "
+                 f"figures for {len(runs)} pretraining runs and their final linear evaluations "
+                 f"({flops_file} FLOPs/image at {PROJECTED_SHARE:.0%} of "
+                 f"{rate / PROJECTED_SHARE / 1e12:.0f} TFLOP/s; at 10-20 % of peak, 2-4x as long); "
+                 "a projection, not a measurement")
 
 
 def step_rate(raw: dict[str, Any], dataset: str, run: str, device: torch.device, steps: int) -> float:
@@ -192,7 +258,7 @@ def step_rate(raw: dict[str, Any], dataset: str, run: str, device: torch.device,
     return steps * bs / (time.perf_counter() - t0)
 
 
-def estimate(raw: dict[str, Any], names: list[str], device: torch.device) -> Check:
+def estimate(raw: dict[str, Any], profile: str, device: torch.device) -> Check:
     """Wall time of the profile's pretraining, every run priced at MNCLGLF's measured rate on its shape."""
     from mnclglf.data.store import load_split
 
@@ -200,7 +266,8 @@ def estimate(raw: dict[str, Any], names: list[str], device: torch.device) -> Che
     counts: dict[str, int] = {}
     seconds = 0.0
     steps = 5 if device.type == "cuda" else 2
-    for d, run in profile_runs(raw, names):
+    runs = profile_runs(raw, profile)
+    for d, run in runs:
         key = (d, "mnclglf-released" if run.startswith("mnclglf-released") else "mnclglf")
         if key not in rates:
             rates[key] = step_rate(raw, d, key[1], device, steps)
@@ -211,7 +278,7 @@ def estimate(raw: dict[str, Any], names: list[str], device: torch.device) -> Che
                 counts[d] = TRAIN_IMAGES[d]
         n = counts[d]
         seconds += n * config.run_config(raw, d, run).pretrain.epochs / rates[key]
-    detail = (f"about {_duration(seconds)} on {device.type} for {len(profile_runs(raw, names))} pretraining runs "
+    detail = (f"about {_duration(seconds)} on {device.type} for {len(runs)} pretraining runs "
               f"(MNCLGLF steps timed here: " + ", ".join(f"{d}/{v} {r:,.0f} img/s" for (d, v), r in rates.items())
               + "; an upper bound, linear evaluation adds about 5 %)")
     return Check("wall time", "info", detail)
@@ -245,7 +312,9 @@ def run_doctor(params_file: str = "params.yaml", profile: str = "paper", bench: 
         rows.append(Check("wall time", "info", "not estimated: weeks on a CPU (docs/RESOURCES.md: MNCLGLF on "
                           "CIFAR-10 alone takes 23-70 days on 2 cores)"))
     else:
-        rows.append(estimate(raw, names, torch.device("cuda" if usable else "cpu")))
+        rows.append(estimate(raw, profile, torch.device("cuda" if usable else "cpu")))
+    if needs_gpu:
+        rows.append(projected(raw, profile, Path(params_file).parent / FLOPS_FILE))
     return rows
 
 

@@ -2,8 +2,8 @@
 
 What was run (the run folders found, their method and variant, seeds, epochs), on which
 hardware (from the ``env_<stage>.json`` environment records next to the metrics), how long
-it took (wall time and GPU-hours per table, summed from those records), the verdicts (from
-``verify``) and links to the tables and plots.
+it took (wall time and GPU-hours per table, summed from those records), the verdicts of the
+paper's claims and of the cells (from ``verify``) and links to the tables and plots.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from mnclglf.config import split_seed
+from mnclglf.config import split_epochs, split_seed
 from mnclglf.errors import UserError
 from mnclglf.io import write_text
 from mnclglf.paths import KEPT
@@ -37,6 +37,8 @@ def _read(path: Path) -> dict[str, Any]:
 
 def table_of(run: str, stage: str) -> str:
     """Which table a run's stage is for (a run shared by several tables counts for the first)."""
+    if split_epochs(run)[1] is not None:
+        return "quick profile"
     if run.startswith("mnclglf-lam"):
         return "Table 4"
     if run.startswith("mnclglf-k"):
@@ -152,7 +154,12 @@ def _verdict_lines(verdict: dict[str, Any] | None, profile: str) -> list[str]:
         return ["No verdict: run `mnclglf verify --tolerance T --profile " + profile + "`."]
     c = verdict.get("counts", {})
     cells = verdict.get("cells", [])
-    if profile == "smoke" or (cells and not any(d.get("comparable") for d in cells)):
+    if verdict.get("short_runs"):
+        head = (f"**Separate short runs**: {len(cells)} cells expected, {c.get('n/a', 0)} "
+                f"produced, {c.get('missing', 0)} missing. They are compared through the claims "
+                "above, not with Table 5's numbers (those are encoders saved during 200-epoch "
+                "runs; docs/FIDELITY.md §4).")
+    elif profile == "smoke" or (cells and not any(d.get("comparable") for d in cells)):
         head = (f"**Pipeline check**: {len(cells)} cells expected, {c.get('n/a', 0)} produced, "
                 f"{c.get('missing', 0)} missing. No cell is compared with the paper (other dataset).")
     else:
@@ -174,6 +181,18 @@ def _verdict_lines(verdict: dict[str, Any] | None, profile: str) -> list[str]:
     return lines
 
 
+def _claim_lines(verdict: dict[str, Any] | None, pipeline_check: bool) -> list[str]:
+    """One line per claim (its verdict, the comparison deciding it); the full table: claims.md."""
+    claims = (verdict or {}).get("claims") or []
+    if not claims:
+        return ["No claims judged (no claims.yaml beside paper.yaml, or no verdict yet)."]
+    lines = ["**Pipeline check**: no claim is the paper's on this data.", ""] if pipeline_check else []
+    lines += ["Details, with the paper's sentences: [claims.md](claims.md).", "",
+             "| claim | verdict | evidence |", "|---|---|---|"]
+    lines += [f"| `{c['id']}` | {c['verdict']} | {c['evidence']} |" for c in claims]
+    return lines
+
+
 def summary_markdown(metrics_root: Path | str, profile_name: str, profile_datasets: list[str],
                      ablation_dataset: str | None, out_dir: Path | str,
                      verdict: dict[str, Any] | None = None) -> str:
@@ -182,12 +201,16 @@ def summary_markdown(metrics_root: Path | str, profile_name: str, profile_datase
     if verdict is None and (out_dir / "verdict.json").is_file():
         verdict = _read(out_dir / "verdict.json")
     runs = runs_found(metrics_root, datasets)
+    if (verdict or {}).get("short_runs"):
+        runs = [r for r in runs if split_epochs(r["run"])[1] is not None]
     recs = env_records(metrics_root, datasets)
     times, time_source = time_per_table(metrics_root, datasets)
 
     lines = [f"# MNCLGLF reproduction — {profile_name} profile", ""]
-    if profile_name == "smoke" or set(datasets) <= {"digits"}:
+    smoke = profile_name == "smoke" or set(datasets) <= {"digits"}
+    if smoke:
         lines += ["> " + SMOKE_BANNER, ""]
+    lines += ["## The paper's claims", "", *_claim_lines(verdict, smoke), ""]
     lines += ["## Verdict", "", *_verdict_lines(verdict, profile_name), ""]
 
     lines += ["## What was run", ""]
@@ -266,12 +289,18 @@ def report_command(profile: str, tolerance: float, paper_file: str, metrics_root
     out = s["results"]
     if not Path(metrics_root).is_dir():
         raise UserError(f"{metrics_root}: no metrics folder; run the pipeline first")
-    res = write_all_tables(metrics_root, profile, s["datasets"], s["ablation_dataset"], paper_file, out, s["seeds"])
-    plots = write_plots(metrics_root, runs_root, profile, s["datasets"], s["ablation_dataset"], paper_file,
-                        out / "plots", s["seeds"])
-    cells, ok = verify(metrics_root, paper_file, tolerance, profile, datasets=s["datasets"],
-                       ablation_dataset=s["ablation_dataset"], seeds=s["seeds"], out_dir=out)
+    why = f"Tables 3-6: profile {profile} runs separate short runs, judged through the claims only"
+    res: dict[str, list[Any]] = {"written": [], "skipped": [why]}
+    plots: list[Path] = []
+    ds, abl = s["datasets"], s["ablation_dataset"]
+    if s["short"] is None:
+        res = write_all_tables(metrics_root, profile, ds, abl, paper_file, out, s["seeds"])
+        plots = write_plots(metrics_root, runs_root, profile, ds, abl, paper_file, out / "plots",
+                            s["seeds"])
+    cells, ok = verify(metrics_root, paper_file, tolerance, profile, datasets=ds,
+                       ablation_dataset=abl, seeds=s["seeds"], out_dir=out, short=s["short"])
     summary = write_summary(metrics_root, profile, s["datasets"], s["ablation_dataset"], out)
+    click.echo(f"claims: {out / 'claims.md'}")
     for p in res["written"]:
         click.echo(f"table: {p}")
     for reason in res["skipped"]:

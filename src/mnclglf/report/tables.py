@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from mnclglf.config import VARIANT_RUNS, ablation_keys, split_seed
+from mnclglf.config import VARIANT_RUNS, ablation_keys, split_epochs, split_seed
 from mnclglf.errors import UserError
 from mnclglf.io import write_text
 
@@ -41,8 +41,9 @@ def _read(path: Path) -> dict[str, Any]:
 def table3_rows(metrics_root: Path, datasets: list[str], paper: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per (dataset, method[, variant]) found under ``metrics_root``, in the paper's order.
 
-    Ablation runs (Tables 4-6) and repeat seeds (``<run>-seed<s>``, aggregated by ``mnclglf report``)
-    are not rows of Table 3.
+    Ablation runs (Tables 4-6), repeat seeds (``<run>-seed<s>``, aggregated by ``mnclglf
+    report``) and the quick profile's separate short runs (``<run>-e<N>``) are not rows of
+    Table 3.
     """
     rows = []
     for dataset in datasets:
@@ -51,7 +52,8 @@ def table3_rows(metrics_root: Path, datasets: list[str], paper: dict[str, Any]) 
             raise UserError(f"{base}: no results for dataset {dataset!r}; run its pretrain and linear-eval stages")
         for run_dir in sorted(p for p in base.iterdir() if p.is_dir()):
             method = run_dir.name
-            if ablation_keys(method) or split_seed(method)[1] is not None:
+            short = split_epochs(split_seed(method)[0])[1] is not None
+            if ablation_keys(method) or split_seed(method)[1] is not None or short:
                 continue
             result_file = run_dir / ("supervised.json" if method == "supervised" else "linear.json")
             if not result_file.is_file():

@@ -9,6 +9,12 @@ Cells whose number is on another dataset than the paper's (the smoke profile's d
 checks that the pipeline produced every cell, not the paper's numbers.
 
 ``verify`` writes ``verdict.json`` (every cell and its verdict) into ``out_dir``.
+
+Above the cells, the paper's claims (``claims.yaml`` beside ``paper.yaml``) are judged from the same
+cells by :mod:`mnclglf.report.claims`: held / not held / not decidable / missing, with the mean
+difference and its standard error; they go into ``verdict.json`` and ``claims.md``. A profile of
+separate short runs (``profiles.<p>.epochs``: the quick profile) has no paper cells: its cells are
+its runs' probes (present: n/a, absent: missing), judged through the claims only.
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ import click
 
 from mnclglf import config
 from mnclglf.errors import UserError
-from mnclglf.io import write_json
-from mnclglf.report.ablations import ABLATION_PAPER_DATASET, Cell, collect, load_paper
+from mnclglf.io import write_json, write_text
+from mnclglf.report import claims as claimlib
+from mnclglf.report.ablations import ABLATION_PAPER_DATASET, Cell, collect, fill, load_paper
 
 VERDICTS = ("pass", "fail", "missing", "n/a")
 DEFAULT_DATASETS = {"smoke": ["digits"]}
@@ -42,42 +49,91 @@ def judge(cell: Cell, tolerance: float) -> tuple[str, float | None]:
     return ("pass" if abs(delta) <= threshold + 1e-9 else "fail"), threshold
 
 
+def claims_path(paper_path: Path | str) -> Path:
+    """The claims file: ``claims.yaml`` beside the paper's numbers."""
+    return Path(paper_path).with_name("claims.yaml")
+
+
+def _cells(metrics_root: Path | str, paper: dict[str, Any], claims: list[dict[str, Any]],
+           datasets: list[str], ablation_dataset: str | None, seeds: list[int] | None,
+           short: dict[str, Any] | None) -> tuple[list[Cell], dict[str, Cell]]:
+    """(the cells judged one by one, every cell a claim may name by its key), filled in."""
+    if short is not None:
+        index = claimlib.short_cells(claims, datasets[0], int(short["epochs"]), list(short["runs"]))
+        return fill(list(index.values()), metrics_root, None), index
+    cells = collect(metrics_root, paper, list(datasets), ablation_dataset, seeds)
+    released = fill(list(claimlib.released_cells(list(datasets)).values()), metrics_root, seeds)
+    return cells, {claimlib.cell_key(c): c for c in [*cells, *released]}
+
+
 def verify(metrics_root: Path | str, paper_path: Path | str, tolerance: float, profile: str = "paper", *,
            datasets: list[str] | None = None, ablation_dataset: str | None = None,
-           seeds: list[int] | None = None, out_dir: Path | str | None = None) -> tuple[list[dict[str, Any]], bool]:
+           seeds: list[int] | None = None, out_dir: Path | str | None = None,
+           short: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], bool]:
     """Judge every cell of Tables 3-6 for ``profile``; returns (cells as dicts with a ``verdict``, ok).
 
     ``datasets``: Table 3's datasets (default: the paper's for ``paper``, digits for ``smoke``);
     ``ablation_dataset``: Tables 4-6's (default: CIFAR-10, digits for ``smoke``); ``seeds``: the
-    seed list of params (None: ``<run>`` plus any ``<run>-seed<s>`` folders). ``out_dir``:
-    where ``verdict.json`` goes (None: not written).
+    seed list of params (None: ``<run>`` plus any ``<run>-seed<s>`` folders). ``short``: a
+    short-run profile's ``epochs`` and ``runs`` (the quick profile). ``out_dir``: where
+    ``verdict.json`` and ``claims.md`` go (None: not written). The claims: :func:`judge_all`.
     """
+    out, ok, _ = judge_all(metrics_root, paper_path, tolerance, profile, datasets=datasets,
+                           ablation_dataset=ablation_dataset, seeds=seeds, out_dir=out_dir,
+                           short=short)
+    return out, ok
+
+
+CELL_RULE = ("pass: |ours - paper| <= max(tolerance, 2*std over seeds when n >= 2); "
+             "missing: no metrics file for a cell the paper has (never a pass); "
+             "n/a: ours is on another dataset than the paper's (smoke profile), or a short run "
+             "(quick profile: judged through the claims only)")
+CLAIM_RULE = (f"held: every comparison's difference exceeds {claimlib.Z:g} SE; one seed: "
+              "SE = sqrt(2)*sigma, sigma the seed-to-seed spread of that metric on the profile "
+              "(none measured: not decidable); not held: one comparison fails by more than its "
+              "noise; missing: all cells missing")
+
+
+def judge_all(metrics_root: Path | str, paper_path: Path | str, tolerance: float, profile: str, *,
+              datasets: list[str] | None = None, ablation_dataset: str | None = None,
+              seeds: list[int] | None = None, out_dir: Path | str | None = None,
+              short: dict[str, Any] | None = None
+              ) -> tuple[list[dict[str, Any]], bool, list[dict[str, Any]]]:
+    """(cell verdicts, ok, claim verdicts) of ``profile``; writes verdict.json and claims.md."""
     if tolerance < 0:
         raise UserError(f"--tolerance {tolerance}: must be >= 0")
     paper = load_paper(paper_path)
-    if datasets is None:
-        datasets = DEFAULT_DATASETS.get(profile, list(paper["table3"]))
-    if ablation_dataset is None:
+    datasets = list(datasets or DEFAULT_DATASETS.get(profile, list(paper["table3"])))
+    if ablation_dataset is None and short is None:
         ablation_dataset = DEFAULT_ABLATION.get(profile, ABLATION_PAPER_DATASET)
-    cells = collect(metrics_root, paper, list(datasets), ablation_dataset, seeds)
+    cfile = claims_path(paper_path)
+    claims = claimlib.load_claims(cfile) if cfile.is_file() else []
+    cells, index = _cells(metrics_root, paper, claims, datasets, ablation_dataset, seeds, short)
     out: list[dict[str, Any]] = []
     for c in cells:
-        verdict, threshold = judge(c, tolerance)
+        verdict, threshold = ("n/a" if c.n else "missing", None) if short else judge(c, tolerance)
         d = c.as_dict()
         d.update(verdict=verdict, threshold=None if threshold is None else round(threshold, 4))
         out.append(d)
     counts = {v: sum(1 for d in out if d["verdict"] == v) for v in VERDICTS}
     ok = counts["fail"] == 0 and counts["missing"] == 0 and bool(out)
+    judged = claimlib.judge_claims(claims, index, paper, datasets, short is not None)
+    sigmas = claimlib.spreads(list(index.values()))
     if out_dir is not None:
+        pipeline = any(d not in paper["table3"] for d in datasets)
+        write_text(Path(out_dir) / "claims.md",
+                   claimlib.claims_markdown(judged, profile, sigmas, pipeline))
         write_json(Path(out_dir) / "verdict.json", {
             "profile": profile, "tolerance": tolerance, "ok": ok, "counts": counts,
-            "rule": "pass: |ours - paper| <= max(tolerance, 2*std over seeds when n >= 2); "
-                    "missing: no metrics file for a cell the paper has (never a pass); "
-                    "n/a: ours is on another dataset than the paper's (smoke profile)",
+            "rule": CELL_RULE,
             "datasets": list(datasets), "ablation_dataset": ablation_dataset,
-            "cells": out,
+            "short_runs": short is not None, "cells": out, "claim_rule": CLAIM_RULE,
+            "seed_spread": {k: None if s is None else round(s, 4) for k, (s, _) in sigmas.items()},
+            "claims_file": cfile.as_posix() if claims else None, "claims": judged,
+            "claim_counts": {v: sum(1 for c in judged if c["verdict"] == v)
+                             for v in claimlib.CLAIM_VERDICTS},
         })
-    return out, ok
+    return out, ok, judged
 
 
 def _label(d: dict[str, Any]) -> str:
@@ -135,8 +191,29 @@ def profile_settings(raw: dict[str, Any], profile: str) -> dict[str, Any]:
     ablation = prof.get("ablation_dataset") or (ABLATION_PAPER_DATASET if ABLATION_PAPER_DATASET in datasets
                                                 else datasets[0])
     seeds = config.seeds(raw)
-    return {"datasets": datasets, "ablation_dataset": ablation, "results": Path(prof.get("results", "results")),
-            "seeds": seeds}
+    short = None
+    if prof.get("epochs"):  # separate short runs (quick): judged through the claims only
+        short = {"epochs": prof["epochs"], "runs": list(prof.get("runs") or [])}
+    return {"datasets": datasets, "ablation_dataset": None if short else ablation,
+            "results": Path(prof.get("results", "results")), "seeds": seeds, "short": short}
+
+
+def print_claims(judged: list[dict[str, Any]]) -> None:
+    """The claim verdicts as a rich table: the verdict and the comparison deciding it."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if not judged:
+        return
+    colour = {"held": "green", "not held": "red", "not decidable": "yellow", "missing": "yellow",
+              "not checked": "dim"}
+    table = Table(title="The paper's claims (held only when Δ exceeds 2 SE)")
+    for col in ("claim", "verdict", "evidence (mean Δ, SE)", "paper's numbers"):
+        table.add_column(col, overflow="fold")
+    for c in judged:
+        v = c["verdict"]
+        table.add_row(c["id"], f"[{colour[v]}]{v}[/]", c["evidence"], c["paper_support"])
+    Console().print(table)
 
 
 @click.command("verify")
@@ -154,11 +231,14 @@ def profile_settings(raw: dict[str, Any], profile: str) -> dict[str, Any]:
 @click.pass_context
 def verify_command(ctx: click.Context, tolerance: float, profile: str, paper_file: str, out_dir: str | None,
                    metrics_root: str, params_file: str) -> None:
-    """Compare every reproduced cell of Tables 3-6 with the paper; exit 1 if any fails or is missing."""
+    """Judge the paper's claims, compare each reproduced cell with the paper; exit 1 if a cell
+    fails or is missing."""
     s = profile_settings(config.read_params(params_file), profile)
     out = Path(out_dir) if out_dir else s["results"]
-    cells, ok = verify(Path(metrics_root), Path(paper_file), tolerance, profile, datasets=s["datasets"],
-                       ablation_dataset=s["ablation_dataset"], seeds=s["seeds"], out_dir=out)
+    cells, ok, judged = judge_all(Path(metrics_root), Path(paper_file), tolerance, profile,
+                                  datasets=s["datasets"], ablation_dataset=s["ablation_dataset"],
+                                  seeds=s["seeds"], out_dir=out, short=s["short"])
+    print_claims(judged)
     print_report(cells, ok, tolerance, out / "verdict.json")
     if not ok:
         ctx.exit(1)
