@@ -83,11 +83,11 @@ def driver(needs_gpu: bool) -> Check:
     return Check("NVIDIA driver", "ok", version)
 
 
-def cuda(needs_gpu: bool) -> list[Check]:
+def cuda(needs_gpu: bool, profile: str = "paper") -> list[Check]:
     problem = cuda_problem()
     if problem is not None:
         return [Check("CUDA", "fail" if needs_gpu else "info", problem,
-                      "the paper profile needs a CUDA GPU; on this machine `make smoke` runs the whole pipeline "
+                      f"the {profile} profile needs a CUDA GPU; on this machine `make smoke` runs the whole pipeline "
                       "on the bundled digits data" if needs_gpu else "")]
     rows = []
     for i in range(torch.cuda.device_count()):
@@ -301,7 +301,7 @@ def run_doctor(params_file: str = "params.yaml", profile: str = "paper", bench: 
     names = list(profiles[profile]["datasets"])
     needs_gpu = any(d in GPU_DATASETS for d in names)
     speed = config.run_config(raw, names[0], "mnclglf").speed
-    rows = [torch_build(), driver(needs_gpu), *cuda(needs_gpu), compile_check(speed), disk(profile, Path("."))]
+    rows = [torch_build(), driver(needs_gpu), *cuda(needs_gpu, profile), compile_check(speed), disk(profile, Path("."))]
     rows += datasets(raw, names)
     rows += writable([Path(raw.get("data_root", "data")), Path(".dvc/cache"), paths.RUNS, paths.METRICS,
                       Path(profiles[profile]["results"])])
