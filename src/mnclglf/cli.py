@@ -1,7 +1,12 @@
 """The ``mnclglf`` command: thin click wrappers over the library, usable with or without DVC.
 
-Every user-fixable problem surfaces as one line ``error: …`` and exit status 1 (2 for
-command-line usage errors), never a traceback.
+Every user-fixable problem surfaces as one line ``error: …``, never a traceback. Exit status:
+
+- 0: done;
+- 1: bad input (a parameter, a missing or unreadable file, a machine that cannot run it);
+- 2: command-line usage error (click's);
+- 3: the training diverged (a non-finite loss); the last good checkpoint is left intact;
+- 130: interrupted.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from pathlib import Path
 import click
 
 from mnclglf import config, paths
-from mnclglf.errors import UserError
+from mnclglf.errors import EXIT_DIVERGED, EXIT_USER_ERROR, DivergedError, UserError
 from mnclglf.report.summary import report_command
 from mnclglf.report.verify import verify_command
 
@@ -50,9 +55,12 @@ class OneLineErrors(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: ANN001
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except DivergedError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_DIVERGED)
         except UserError as exc:
             click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
+            sys.exit(EXIT_USER_ERROR)
         except click.exceptions.Abort:
             click.echo("error: aborted", err=True)
             sys.exit(1)

@@ -15,6 +15,7 @@ in eval mode), at a fraction of the cost; the CPU profile uses it (docs/FIDELITY
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnclglf.config import LinearEvalConfig, SpeedConfig
+from mnclglf.config import DATASETS, LinearEvalConfig, ModelConfig, SpeedConfig, build
 from mnclglf.data.augment import CropFlipAugment, EvalTransform, Normalizer
 from mnclglf.data.store import load_meta, load_split
 from mnclglf.errors import UserError
 from mnclglf.io import write_json
 from mnclglf.models import ResNet18
+from mnclglf.train import checkpoint as ckpt
 from mnclglf.train.env import batches, make_generator, pick_device, seed_everything
 from mnclglf.train.lars import LARS
 from mnclglf.train.fast import resolve, set_precision, start_line
@@ -36,13 +38,41 @@ from mnclglf.train.progress import announce, bar
 from mnclglf.train.schedule import cosine_lr, set_lr
 
 
+ENCODER_KEYS = {"backbone": dict, "model": dict, "dataset": str, "method": str, "epoch": int,
+                "normalize": dict, "image_size": int}
+
+
+def check_encoder_payload(path: Path, payload: dict[str, Any]) -> ModelConfig:
+    """The architecture an encoder file names, after checking every key linear-eval reads."""
+    for key, tp in ENCODER_KEYS.items():
+        if not isinstance(payload.get(key), tp):
+            raise UserError(f"{path}: not an encoder file of `mnclglf pretrain` (key {key!r} is missing or "
+                            f"not a {tp.__name__})")
+    norm = payload["normalize"]
+    for key in ("mean", "std"):
+        values = norm.get(key)
+        if not (isinstance(values, list) and len(values) == 3
+                and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)):
+            raise UserError(f"{path}: normalize.{key} = {values!r}: expected 3 finite numbers")
+    if not all(v > 0 for v in norm["std"]) or payload["image_size"] < 1:
+        raise UserError(f"{path}: normalize.std must be > 0 and image_size >= 1")
+    if payload["dataset"] not in DATASETS:
+        raise UserError(f"{path}: dataset = {payload['dataset']!r}: expected one of {', '.join(DATASETS)}")
+    return build(ModelConfig, payload["model"], f"{path}: model")
+
+
 def load_encoder(path: Path, device: torch.device) -> tuple[ResNet18, dict[str, Any]]:
+    """The frozen encoder stored at ``path``, read without running code; a bad file is one line."""
     if not path.is_file():
         raise UserError(f"{path}: encoder file not found (run `mnclglf pretrain` first)")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    m = payload["model"]
-    encoder = ResNet18(m["stem"], m["width"], m["zero_init_residual"])
-    encoder.load_state_dict(payload["backbone"])
+    payload = ckpt.load(path, "encoder file")
+    m = check_encoder_payload(path, payload)
+    encoder = ResNet18(m.stem, m.width, m.zero_init_residual)
+    try:
+        encoder.load_state_dict(payload["backbone"])
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise UserError(f"{path}: its backbone does not fit a ResNet-18 ({reason})") from None
     return encoder.to(device).eval().requires_grad_(False), payload
 
 

@@ -10,6 +10,7 @@ every RNG state, so a run killed at any point resumes to the same final weights.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from mnclglf import ops
 from mnclglf.config import RunConfig, base_method, to_dict
 from mnclglf.data.augment import CropFlipAugment, SSLAugment, make_normalizer
 from mnclglf.data.store import load_meta, load_split
-from mnclglf.errors import UserError
+from mnclglf.errors import DivergedError, UserError
 from mnclglf.io import link_or_copy, write_json
 from mnclglf.methods import Method, build_method
 from mnclglf.models import ResNet18
@@ -144,6 +145,17 @@ def publish_kept_encoders(epochs: tuple[int, ...], ckpt_dir: Path, out_dir: Path
         link_or_copy(src, out_dir / KEPT_ENCODER.format(epoch))
 
 
+def resume(s: Setup, state: dict[str, Any], path: Path) -> None:
+    """Load a checkpoint's states into the run; one whose tensors do not fit is refused in one line."""
+    try:
+        s.method.load_state_dict(state["method"])
+        s.optimizer.load_state_dict(state["optimizer"])
+        ckpt.restore_rng(state["rng"], s.gens)
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise UserError(f"{path}: does not fit this run ({reason}); delete it to start afresh") from None
+
+
 def pretrain(cfg: RunConfig, out_dir: Path, ckpt_dir: Path, metrics_path: Path, progress: bool = True) -> dict[str, Any]:
     """Pretrain ``cfg.method`` on ``cfg.dataset``; write the encoder, DVCLive curves and a summary."""
     from mnclglf.train.logger import EpochLogger
@@ -159,16 +171,17 @@ def pretrain(cfg: RunConfig, out_dir: Path, ckpt_dir: Path, metrics_path: Path, 
     total = steps_per_epoch * cfg.pretrain.epochs
     fingerprint = ckpt.fingerprint(to_dict(cfg))
     ckpt_path = ckpt_dir / CHECKPOINT_FILE
-    state = ckpt.load_if_matching(ckpt_path, fingerprint)
+    state, note = ckpt.load_if_matching(ckpt_path, fingerprint)
     epoch0, history, init_std = 0, [], None
     if state is None:  # a fresh start: no kept encoder of an earlier configuration may be published
         for stale in ckpt_dir.glob(KEPT_ENCODER.format("*")):
             stale.unlink()
     else:
-        s.method.load_state_dict(state["method"])
-        s.optimizer.load_state_dict(state["optimizer"])
-        ckpt.restore_rng(state["rng"], s.gens)
+        resume(s, state, ckpt_path)
         epoch0, history, init_std = state["epoch"], state["history"], state["init_std"]
+    if note:  # after the states loaded: a checkpoint that does not fit is one error line, not two
+        announce(note)
+    last_good = epoch0 or None
     logger = EpochLogger(out_dir / "live", history)
     if init_std is None and total:
         init_std = initial_embedding_std(s, bs)
@@ -193,8 +206,11 @@ def pretrain(cfg: RunConfig, out_dir: Path, ckpt_dir: Path, metrics_path: Path, 
                      "lr": cosine_lr(epoch * steps_per_epoch - 1, total, cfg.pretrain.lr, cfg.pretrain.final_lr,
                                      cfg.pretrain.warmup_steps),
                      "images_per_s": steps_per_epoch * bs / dt}
-            if entry["loss"] != entry["loss"]:
-                raise UserError(f"pretraining {cfg.method} on {cfg.dataset} diverged: loss is NaN at epoch {epoch}")
+            if not math.isfinite(entry["loss"]):
+                kept = (f"the last good checkpoint, {ckpt_path} (epoch {last_good}), is left as it was" if last_good
+                        else "no checkpoint was written before it")
+                raise DivergedError(f"pretraining {cfg.method} on {cfg.dataset} diverged: loss is {entry['loss']} "
+                                    f"at epoch {epoch}; {kept}")
             history.append(entry)
             logger.log(entry)
             pbar.update(task, status=f"loss {entry['loss']:.3f}")
@@ -206,7 +222,8 @@ def pretrain(cfg: RunConfig, out_dir: Path, ckpt_dir: Path, metrics_path: Path, 
                     "fingerprint": fingerprint, "epoch": epoch, "history": history, "init_std": init_std,
                     "method": s.method.state_dict(), "optimizer": s.optimizer.state_dict(),
                     "rng": ckpt.rng_state(s.gens),
-                })
+                }, keep_previous=True)
+                last_good = epoch
     logger.close()
     publish_kept_encoders(cfg.pretrain.keep_epochs, ckpt_dir, out_dir)
     ckpt.save(out_dir / ENCODER_FILE, encoder_payload(cfg, s.method.backbone, cfg.pretrain.epochs, s.mean_std, int(s.images.shape[-1])))
