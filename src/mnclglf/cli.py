@@ -144,7 +144,9 @@ def supervised(dataset: str, run: str, params_file: str, quiet: bool) -> None:
 @click.option("--dataset", required=True, type=click.Choice(config.DATASETS), help="Dataset of the encoder.")
 @click.option("--method", required=True, callback=_run_name, help=RUN_HELP)
 @click.option("--encoder", "encoder_file", default=None, type=click.Path(dir_okay=False),
-              help="Encoder file (default: runs/DATASET/METHOD/pretrain/encoder.pt).")
+              help="Encoder file (default: runs/DATASET/METHOD/pretrain/encoder.pt); also a plain "
+                   "ResNet-18 state_dict with torchvision's keys, bare or under backbone. (solo-learn, "
+                   "lightly).")
 @click.option("--kept-epochs", is_flag=True,
               help="Evaluate the intermediate encoders of pretrain.keep_epochs instead (Table 5); writes "
                    "metrics/DATASET/METHOD/epochs/linear_e<N>.json.")
@@ -171,7 +173,7 @@ def linear_eval(dataset: str, method: str, encoder_file: str | None, kept_epochs
     with recorded(env, run_cfg.seed):
         for encoder, out_dir, metrics in jobs:
             result = run(encoder, cfg, raw.get("data_root", "data"), run_cfg.seed, out_dir, metrics,
-                         progress=not quiet, speed=run_cfg.speed)
+                         progress=not quiet, speed=run_cfg.speed, dataset=dataset)
             click.echo(f"{method}@{dataset} (epoch {result['pretrain_epoch']}): top-1 {result['top1']:.2f}  "
                        f"top-5 {result['top5']:.2f}")
 

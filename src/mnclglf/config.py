@@ -135,7 +135,8 @@ class AugmentConfig:
     crop_ratio: tuple[float, float] = pair((3 / 4, 4 / 3), gt=0)
     flip_p: float = num(0.5, ge=0, le=1)
     jitter: tuple[float, float, float, float] = field(
-        default=(0.4, 0.4, 0.4, 0.1), metadata=_check(ge=0, doc="brightness, contrast, saturation, hue (hue <= 0.5)"))
+        default=(0.4, 0.4, 0.4, 0.1),
+        metadata=_check(ge=0, doc="brightness, contrast, saturation, hue (hue <= 0.5)"))
     jitter_p: float = num(0.8, ge=0, le=1)
     gray_p: float = num(0.2, ge=0, le=1)
     blur_p: float = num(0.5, ge=0, le=1)
@@ -480,7 +481,8 @@ def _stage_runs(raw: dict[str, Any], dataset: str) -> list[str]:
     runs = [*raw.get("methods", SSL_METHODS), "supervised"]
     if dataset in raw.get("ablation_datasets", []):
         abl = raw.get("ablations") or {}
-        runs += [f"mnclglf-lam{v}" for v in abl.get("lam", [])] + [f"mnclglf-k{v}" for v in abl.get("k", [])]
+        runs += [f"mnclglf-lam{v}" for v in abl.get("lam", [])]
+        runs += [f"mnclglf-k{v}" for v in abl.get("k", [])]
         runs += ["mnclglf-one", *map(str, abl.get("table5_runs", []))]
     return list(dict.fromkeys(runs))
 
@@ -492,13 +494,15 @@ def validate(raw: dict[str, Any]) -> None:
     A value that a dataset override replaces is still checked, so that a broken paper profile
     is refused by the smoke profile's first command, not hours later.
     """
-    for name, cls in (*SECTIONS.items(), ("linear_eval", LinearEvalConfig), ("digits", DigitsConfig)):
+    shared = (*SECTIONS.items(), ("linear_eval", LinearEvalConfig), ("digits", DigitsConfig))
+    for name, cls in shared:
         if name in raw:
             build(cls, _mapping(raw[name], name), name)
     for table in ("overrides", "linear_eval_overrides"):
         for dataset, over in _mapping(raw.get(table, {}), table).items():
             if dataset not in DATASETS:
-                raise UserError(f"{table}.{dataset}: unknown dataset; allowed: {', '.join(DATASETS)}")
+                raise UserError(f"{table}.{dataset}: unknown dataset; allowed: "
+                                f"{', '.join(DATASETS)}")
             over = _mapping(over, f"{table}.{dataset}")
             if table == "linear_eval_overrides":
                 build(LinearEvalConfig, over, f"{table}.{dataset}")
@@ -517,7 +521,8 @@ def validate(raw: dict[str, Any]) -> None:
         prof = _mapping(prof, f"profiles.{name}")
         for d in prof.get("datasets", []) if isinstance(prof.get("datasets", []), list) else [None]:
             if d not in DATASETS:
-                raise UserError(f"profiles.{name}.datasets: {d!r} is not a dataset; allowed: {', '.join(DATASETS)}")
+                raise UserError(f"profiles.{name}.datasets: {d!r} is not a dataset; allowed: "
+                                f"{', '.join(DATASETS)}")
     datasets = dict.fromkeys([*raw.get("datasets", DATASETS), *(raw.get("overrides") or {}),
                               *(raw.get("linear_eval_overrides") or {})])
     for dataset in datasets:

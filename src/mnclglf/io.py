@@ -58,6 +58,15 @@ def atomic_path(final: Path | str, previous: Path | str | None = None) -> Iterat
         tmp_path.unlink(missing_ok=True)
 
 
+def remove_temporaries(folder: Path | str) -> None:
+    """Delete what a killed :func:`atomic_path` left in ``folder`` (SIGKILL runs no clean-up);
+    call it only where no other writer works in the folder (a DVC stage's own output)."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for tmp in folder.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
 def fsync_file(path: Path) -> None:
     """Flush ``path``'s content to disk (a rename alone may reach the disk before the data)."""
     fd = os.open(path, os.O_RDONLY)

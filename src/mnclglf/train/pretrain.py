@@ -23,7 +23,7 @@ from mnclglf.config import RunConfig, base_method, to_dict
 from mnclglf.data.augment import CropFlipAugment, SSLAugment, make_normalizer
 from mnclglf.data.store import load_meta, load_split
 from mnclglf.errors import DivergedError, UserError
-from mnclglf.io import link_or_copy, write_json
+from mnclglf.io import link_or_copy, remove_temporaries, write_json
 from mnclglf.methods import Method, build_method
 from mnclglf.models import ResNet18
 from mnclglf.paths import KEPT_ENCODER
@@ -171,6 +171,7 @@ def pretrain(cfg: RunConfig, out_dir: Path, ckpt_dir: Path, metrics_path: Path, 
     total = steps_per_epoch * cfg.pretrain.epochs
     fingerprint = ckpt.fingerprint(to_dict(cfg))
     ckpt_path = ckpt_dir / CHECKPOINT_FILE
+    remove_temporaries(ckpt_dir)  # a write cut short by a kill
     state, note = ckpt.load_if_matching(ckpt_path, fingerprint)
     epoch0, history, init_std = 0, [], None
     if state is None:  # a fresh start: no kept encoder of an earlier configuration may be published
