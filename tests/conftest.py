@@ -23,9 +23,9 @@ TINY: dict[str, Any] = {
 }
 
 
-# Groups `make test` leaves out (CI runs each as its own step): pytest -m faults, pytest -m inductor.
+# Groups `make test` leaves out (CI runs each as its own step): pytest -m faults / -m inductor.
 SEPARATE_GROUPS = {
-    "faults": "slow fault-injection trials (SIGKILL and resume, two dvc repro at once); pytest -m faults",
+    "faults": "slow fault injection (SIGKILL and resume, two dvc repro at once); pytest -m faults",
     "inductor": "torch.compile with inductor, minutes on a cold compiler cache; pytest -m inductor",
 }
 

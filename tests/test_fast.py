@@ -278,8 +278,8 @@ def test_compile_inductor_same_maths(tmp_path):
     try:
         proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=budget)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"torch.compile (inductor) of the tiny step did not finish within {budget:.0f} s "
-                    f"(MNCLGLF_COMPILE_TEST_S)")
+        pytest.fail(f"torch.compile (inductor) of the tiny step did not finish within "
+                    f"{budget:.0f} s (MNCLGLF_COMPILE_TEST_S)")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["ok"], proc.stdout
     assert time.perf_counter() - t0 <= budget + 5

@@ -1,5 +1,6 @@
-"""Hostile and broken files, divergence and a full disk: each is one line, no code runs, no traceback,
-and the last good state survives (issue 13). The slow SIGKILL trials are in test_faults_kill.py."""
+"""Hostile and broken files, divergence and a full disk: each is one line, no code runs, no
+traceback, and the last good state survives (issue 13). The slow SIGKILL trials are in
+test_faults_kill.py."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from mnclglf.train import checkpoint as ckpt
 from mnclglf.train import pretrain as pt
 
 RUN = Path("runs/digits/mnclglf")
+SHORT = {"epochs": 2, "batch_size": 128, "checkpoint_every": 1}
 
 
 class Payload:
@@ -33,9 +35,10 @@ class Payload:
 
 
 @pytest.fixture
-def work(tiny_raw: dict, digits_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def work(tiny_raw: dict, digits_root: Path, tmp_path: Path,
+         monkeypatch: pytest.MonkeyPatch) -> Path:
     """A working folder with a params file of a 2-epoch digits run (11 steps an epoch)."""
-    tiny_raw["pretrain"] = {**tiny_raw["pretrain"], "epochs": 2, "batch_size": 128, "checkpoint_every": 1}
+    tiny_raw["pretrain"] = {**tiny_raw["pretrain"], **SHORT}
     tiny_raw["mnclglf"] = {**tiny_raw["mnclglf"], "queue_size": 256}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_raw))
     monkeypatch.chdir(tmp_path)
@@ -50,9 +53,15 @@ def pretrain() -> Result:
     return cli("pretrain", "--dataset", "digits", "--method", "mnclglf")
 
 
+def linear_eval(encoder: Path) -> Result:
+    return cli("linear-eval", "--dataset", "digits", "--method", "mnclglf",
+               "--encoder", str(encoder))
+
+
 def one_error_line(result: Result) -> str:
     """The single ``error:`` line a failure prints (the start line of a stage may precede it)."""
-    lines = [ln for ln in result.stderr.splitlines() if not ln.startswith(("pretrain ", "linear-eval "))]
+    start = ("pretrain ", "linear-eval ")
+    lines = [ln for ln in result.stderr.splitlines() if not ln.startswith(start)]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "Traceback" not in result.output
     return lines[0]
@@ -66,7 +75,7 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-# -- hostile and broken encoders ---------------------------------------------------------------------
+# -- hostile and broken encoders -----------------------------------------------------------
 def hostile_files(tmp_path: Path, marker: Path) -> dict[str, Path]:
     """A torch.save zip and a plain pickle, each with a payload calling os.system."""
     zipped, plain = tmp_path / "zipped.pt", tmp_path / "plain.pt"
@@ -79,7 +88,7 @@ def hostile_files(tmp_path: Path, marker: Path) -> dict[str, Path]:
 def test_an_encoder_with_a_payload_never_runs_it(work: Path, kind: str) -> None:
     marker = work / "MARKER"
     path = hostile_files(work, marker)[kind]
-    result = cli("linear-eval", "--dataset", "digits", "--method", "mnclglf", "--encoder", str(path))
+    result = linear_eval(path)
     assert result.exit_code == 1
     line = one_error_line(result)
     assert str(path) in line and "refused unread, no code was run" in line
@@ -89,16 +98,18 @@ def test_an_encoder_with_a_payload_never_runs_it(work: Path, kind: str) -> None:
 def test_a_checkpoint_with_a_payload_never_runs_it_and_the_run_starts_afresh(work: Path) -> None:
     marker = work / "MARKER"
     (work / RUN / "ckpt").mkdir(parents=True)
-    torch.save({"fingerprint": Payload(marker), "epoch": 1}, work / RUN / "ckpt" / pt.CHECKPOINT_FILE)
+    torch.save({"fingerprint": Payload(marker), "epoch": 1},
+               work / RUN / "ckpt" / pt.CHECKPOINT_FILE)
     result = pretrain()
     assert result.exit_code == 0, result.output
-    assert "refused unread, no code was run); no usable checkpoint, starting afresh" in result.stderr
+    assert ("refused unread, no code was run); no usable checkpoint, starting afresh"
+            in result.stderr)
     assert not marker.exists()
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One uninterrupted 2-epoch run: its encoder and its checkpoint folder, for the tests to copy."""
+    """One uninterrupted 2-epoch run: its encoder, checkpoint folder and params, to copy."""
     import copy
 
     from conftest import TINY
@@ -108,11 +119,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("trained")
     raw = copy.deepcopy(TINY)
     raw["data_root"] = str(d / "data")
-    raw["pretrain"] = {**raw["pretrain"], "epochs": 2, "batch_size": 128, "checkpoint_every": 1}
+    raw["pretrain"] = {**raw["pretrain"], **SHORT}
     raw["mnclglf"] = {**raw["mnclglf"], "queue_size": 256}
     prepare_digits(raw["data_root"], size=8)
     torch.set_num_threads(1)
-    pt.pretrain(config.run_config(raw, "digits", "mnclglf"), d / "pre", d / "ckpt", d / "m.json", progress=False)
+    pt.pretrain(config.run_config(raw, "digits", "mnclglf"), d / "pre", d / "ckpt", d / "m.json",
+                progress=False)
     (d / "params.yaml").write_text(yaml.safe_dump(raw))
     return {"encoder": d / "pre" / pt.ENCODER_FILE, "ckpt": d / "ckpt", "params": d / "params.yaml"}
 
@@ -138,14 +150,16 @@ def encoder_variants(encoder: Path, tmp_path: Path) -> dict[str, tuple[Path, str
     put("a_list", [1, 2, 3], "not a encoder file (it holds a list, not a mapping)")
     put("bare_state_dict", good["backbone"], "key 'backbone' is missing")
     put("bad_stem", {**good, "model": {**good["model"], "stem": "vit"}}, "model.stem = 'vit'")
-    put("wrong_width", {**good, "model": {**good["model"], "width": 0.25}}, "does not fit a ResNet-18")
-    put("bad_std", {**good, "normalize": {"mean": [0, 0, 0], "std": [0, 1, 1]}}, "normalize.std must be > 0")
+    put("wrong_width", {**good, "model": {**good["model"], "width": 0.25}},
+        "does not fit a ResNet-18")
+    put("bad_std", {**good, "normalize": {"mean": [0, 0, 0], "std": [0, 1, 1]}},
+        "normalize.std must be > 0")
     return out
 
 
 def test_broken_encoders_are_one_line_naming_the_file(trained: dict[str, Path], work: Path) -> None:
     for name, (path, words) in encoder_variants(trained["encoder"], work).items():
-        result = cli("linear-eval", "--dataset", "digits", "--method", "mnclglf", "--encoder", str(path))
+        result = linear_eval(path)
         assert result.exit_code == 1, (name, result.output)
         line = one_error_line(result)
         assert str(path) in line and words in line, (name, line)
@@ -154,7 +168,7 @@ def test_broken_encoders_are_one_line_naming_the_file(trained: dict[str, Path], 
 
 # -- corrupt checkpoints: the one before it, else a fresh start -----------------------------------
 def copy_ckpt(trained: dict[str, Path], work: Path) -> Path:
-    """The finished run's checkpoint folder (epoch 2, and epoch 1 kept beside it) and params in ``work``."""
+    """The finished run's params and checkpoint folder (epoch 2, epoch 1 beside it) in ``work``."""
     (work / "params.yaml").write_text(trained["params"].read_text())
     dst = work / RUN / "ckpt"
     dst.mkdir(parents=True)
@@ -164,7 +178,8 @@ def copy_ckpt(trained: dict[str, Path], work: Path) -> Path:
     return dst
 
 
-def test_a_truncated_checkpoint_resumes_from_the_one_before(trained: dict[str, Path], work: Path) -> None:
+def test_a_truncated_checkpoint_resumes_from_the_one_before(trained: dict[str, Path],
+                                                             work: Path) -> None:
     dst = copy_ckpt(trained, work)
     data = (dst / pt.CHECKPOINT_FILE).read_bytes()
     (dst / pt.CHECKPOINT_FILE).write_bytes(data[: len(data) // 3])
@@ -177,39 +192,45 @@ def test_a_truncated_checkpoint_resumes_from_the_one_before(trained: dict[str, P
     assert same(backbone(work / RUN / "pretrain" / pt.ENCODER_FILE), backbone(trained["encoder"]))
 
 
-def test_no_readable_checkpoint_starts_afresh_and_says_so(trained: dict[str, Path], work: Path) -> None:
+def test_no_readable_checkpoint_starts_afresh_and_says_so(trained: dict[str, Path],
+                                                           work: Path) -> None:
     dst = copy_ckpt(trained, work)
     (dst / pt.CHECKPOINT_FILE).write_bytes(b"\0" * 100)
-    torch.save({"epoch": 1}, dst / "checkpoint.prev.pt")  # readable, but not a checkpoint: wrong keys
+    torch.save({"epoch": 1}, dst / "checkpoint.prev.pt")  # readable, but wrong keys
     result = pretrain()
     assert result.exit_code == 0, result.output
     assert "no usable checkpoint, starting afresh" in result.stderr
     assert same(backbone(work / RUN / "pretrain" / pt.ENCODER_FILE), backbone(trained["encoder"]))
 
 
-def test_a_checkpoint_whose_tensors_do_not_fit_is_one_line(trained: dict[str, Path], work: Path) -> None:
+def test_a_checkpoint_whose_tensors_do_not_fit_is_one_line(trained: dict[str, Path],
+                                                            work: Path) -> None:
     dst = copy_ckpt(trained, work)
     state = torch.load(dst / pt.CHECKPOINT_FILE, weights_only=True)
     state["method"] = {k: v[:1] if v.ndim else v for k, v in state["method"].items()}
     torch.save(state, dst / pt.CHECKPOINT_FILE)
     result = pretrain()
     assert result.exit_code == 1
-    assert "does not fit this run" in one_error_line(result) and "delete it to start afresh" in result.stderr
+    line = one_error_line(result)
+    assert "does not fit this run" in line and "delete it to start afresh" in line
 
 
-# -- a corrupt prepared split --------------------------------------------------------------------------
-def test_a_truncated_split_names_the_file_and_the_rebuild_command(work: Path, tiny_raw: dict) -> None:
+# -- a corrupt prepared split --------------------------------------------------------------
+def test_a_truncated_split_names_the_file_and_the_rebuild_command(work: Path,
+                                                                  tiny_raw: dict) -> None:
     split = Path(tiny_raw["data_root"]) / "digits" / "train.npz"
     split.write_bytes(split.read_bytes()[:1000])
     line = one_error_line(result := pretrain())
     assert result.exit_code == 1
+    root = tiny_raw["data_root"]
     assert line == (f"error: {split}: cannot be read (truncated or corrupt); rebuild it with "
-                    f"`rm -r {split.parent} && mnclglf download --dataset digits --root {tiny_raw['data_root']}`")
+                    f"`rm -r {split.parent} && mnclglf download --dataset digits --root {root}`")
     assert not (work / "runs").exists()
 
 
-# -- divergence ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("bad", "epoch"), [(float("nan"), 2), (float("inf"), 2), (float("-inf"), 1)])
+# -- divergence ----------------------------------------------------------------------------
+@pytest.mark.parametrize(("bad", "epoch"),
+                         [(float("nan"), 2), (float("inf"), 2), (float("-inf"), 1)])
 def test_a_non_finite_loss_stops_at_its_epoch_and_keeps_the_last_checkpoint(
         work: Path, monkeypatch: pytest.MonkeyPatch, bad: float, epoch: int) -> None:
     real, steps = pt.train_step, 1437 // 128
@@ -225,7 +246,8 @@ def test_a_non_finite_loss_stops_at_its_epoch_and_keeps_the_last_checkpoint(
     ckpt_file = RUN / "ckpt" / pt.CHECKPOINT_FILE
     kept = (f"the last good checkpoint, {ckpt_file} (epoch 1), is left as it was" if epoch == 2
             else "no checkpoint was written before it")
-    assert line == f"error: pretraining mnclglf on digits diverged: loss is {bad * 1.0} at epoch {epoch}; {kept}"
+    assert line == (f"error: pretraining mnclglf on digits diverged: loss is {bad} at epoch "
+                    f"{epoch}; {kept}")
     if epoch == 2:
         assert torch.load(work / ckpt_file, weights_only=True)["epoch"] == 1
     else:
@@ -233,7 +255,7 @@ def test_a_non_finite_loss_stops_at_its_epoch_and_keeps_the_last_checkpoint(
     assert not (work / RUN / "pretrain" / pt.ENCODER_FILE).exists()
 
 
-# -- a full disk ---------------------------------------------------------------------------------------
+# -- a full disk ---------------------------------------------------------------------------
 def no_space(*_args: object) -> None:
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -241,8 +263,8 @@ def no_space(*_args: object) -> None:
 def test_a_full_disk_keeps_the_previous_file(tmp_path: Path) -> None:
     target = tmp_path / "out.txt"
     write_text(target, "old\n")
-    with pytest.raises(UserError, match=r"out\.txt: no space left on device while writing it; the previous "
-                                        r"file is kept"):
+    with pytest.raises(UserError, match=r"out\.txt: no space left on device while writing it; "
+                                        r"the previous file is kept"):
         with atomic_path(target) as tmp:
             tmp.write_text("half")
             no_space()
@@ -250,7 +272,8 @@ def test_a_full_disk_keeps_the_previous_file(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
 
 
-def test_a_full_disk_during_a_checkpoint_keeps_the_last_one(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_full_disk_during_a_checkpoint_keeps_the_last_one(
+        work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The second checkpoint write fails with ENOSPC (as fsync reports it on a full disk)."""
     real, calls = ckpt.atomic_path, {"n": 0}
 
@@ -265,8 +288,8 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_last_one(work: Path, monkeypa
     monkeypatch.undo()
     assert result.exit_code == 1
     line = one_error_line(result)
-    assert line == (f"error: {RUN / 'ckpt' / pt.CHECKPOINT_FILE}: no space left on device while writing it; "
-                    f"the previous file is kept; free some space and rerun")
+    assert line == (f"error: {RUN / 'ckpt' / pt.CHECKPOINT_FILE}: no space left on device while "
+                    f"writing it; the previous file is kept; free some space and rerun")
     assert torch.load(work / RUN / "ckpt" / pt.CHECKPOINT_FILE, weights_only=True)["epoch"] == 1
     assert not list((work / RUN / "ckpt").glob("*.tmp"))
 

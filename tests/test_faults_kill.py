@@ -52,8 +52,8 @@ def workdir(base: Path, data: Path) -> Path:
     base.mkdir(parents=True)
     raw = copy.deepcopy(TINY)
     raw["data_root"] = str(data)
-    raw["pretrain"] = {**raw["pretrain"], "epochs": EPOCHS, "batch_size": 128, "checkpoint_every": 1,
-                       "threads": 1, "keep_epochs": list(KEEP)}
+    raw["pretrain"] = {**raw["pretrain"], "epochs": EPOCHS, "batch_size": 128,
+                       "checkpoint_every": 1, "threads": 1, "keep_epochs": list(KEEP)}
     raw["mnclglf"] = {**raw["mnclglf"], "queue_size": 256}
     (base / "params.yaml").write_text(yaml.safe_dump(raw))
     return base
@@ -61,7 +61,8 @@ def workdir(base: Path, data: Path) -> Path:
 
 def encoders(work: Path) -> dict[str, dict[str, torch.Tensor]]:
     files = [pt.ENCODER_FILE, *(KEPT_ENCODER.format(e) for e in KEEP)]
-    return {f: torch.load(work / RUN / "pretrain" / f, weights_only=True)["backbone"] for f in files}
+    return {f: torch.load(work / RUN / "pretrain" / f, weights_only=True)["backbone"]
+            for f in files}
 
 
 def rerun(work: Path) -> subprocess.CompletedProcess:
@@ -71,7 +72,8 @@ def rerun(work: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory, data: Path) -> dict[str, dict[str, torch.Tensor]]:
+def reference(tmp_path_factory: pytest.TempPathFactory,
+              data: Path) -> dict[str, dict[str, torch.Tensor]]:
     work = workdir(tmp_path_factory.mktemp("ref") / "w", data)
     rerun(work)
     return encoders(work)
@@ -102,7 +104,8 @@ def kill_when(work: Path, ready: Callable[[Path], bool], fallback: Callable[[Pat
     """Start the run, SIGKILL it as soon as ``ready`` (or, if that moment was missed, ``fallback``)
     holds; assert it was killed. Returns which condition fired."""
     ckpt = work / RUN / "ckpt"
-    proc = subprocess.Popen(CMD, cwd=work, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(CMD, cwd=work, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     fired, deadline = "", time.time() + 240
     while proc.poll() is None and time.time() < deadline:
         if ready(ckpt):
@@ -129,13 +132,15 @@ def saved_epoch(work: Path) -> int | None:
 TRIALS = {
     "during the first checkpoint write": (writing(pt.CHECKPOINT_FILE), written(pt.CHECKPOINT_FILE)),
     "right after the first checkpoint": (written(pt.CHECKPOINT_FILE), written(pt.CHECKPOINT_FILE)),
-    "during a kept-encoder write": (writing(KEPT_ENCODER.format(2)), written(KEPT_ENCODER.format(2))),
+    "during a kept-encoder write": (writing(KEPT_ENCODER.format(2)),
+                                    written(KEPT_ENCODER.format(2))),
     "during a checkpoint replacing another": (
         lambda c: written("checkpoint.prev.pt")(c) or (written(pt.CHECKPOINT_FILE)(c) and
                                                        writing(pt.CHECKPOINT_FILE)(c)),
         written("checkpoint.prev.pt")),
     "before any checkpoint": (lambda c: delay(0.0)(c) and not c.is_dir(), delay(0.0)),
-    "at a random point": (delay(random.Random(13).uniform(0.2, 4.0)), written(KEPT_ENCODER.format(3))),
+    "at a random point": (delay(random.Random(13).uniform(0.2, 4.0)),
+                          written(KEPT_ENCODER.format(3))),
 }
 
 
@@ -182,8 +187,8 @@ def test_two_dvc_repro_of_one_stage(tmp_path: Path) -> None:
     script = "import time; time.sleep(6); open('out.txt', 'w').write('done\\n')"
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(
         {"stages": {"slow": {"cmd": f"{sys.executable} -c \"{script}\"", "outs": ["out.txt"]}}}))
-    first = subprocess.Popen([str(dvc), "repro", "slow"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen([str(dvc), "repro", "slow"], cwd=tmp_path, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     rwlock, deadline = tmp_path / ".dvc" / "tmp" / "rwlock", time.time() + 60
     while time.time() < deadline and not (rwlock.is_file() and "out.txt" in rwlock.read_text()):
         time.sleep(0.05)
@@ -195,8 +200,8 @@ def test_two_dvc_repro_of_one_stage(tmp_path: Path) -> None:
     assert first.wait(timeout=120) == 0, first.stdout.read() if first.stdout else ""
     assert (tmp_path / "out.txt").read_text() == "done\n"
     assert "out.txt" in (tmp_path / "dvc.lock").read_text()
-    status = subprocess.run([str(dvc), "status", "slow"], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=120)
+    status = subprocess.run([str(dvc), "status", "slow"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
     assert "up to date" in status.stdout, status.stdout
     assert json.loads(rwlock.read_text() or "{}").get("write", {}) == {}
     shutil.rmtree(tmp_path / ".dvc" / "cache", ignore_errors=True)

@@ -1,6 +1,6 @@
-"""Every invalid parameter edit is refused at load, whichever stage runs: exit status 1, one line
-naming the key, nothing written. Each edit hits a value the digits run really uses, or a shared value
-that a digits override masks (the paper profile would read it)."""
+"""Every invalid parameter edit is refused at load, whichever stage runs: exit status 1, one
+line naming the key, nothing written. Each edit hits a value the digits run really uses, or a
+shared value that a digits override masks (the paper profile would read it)."""
 
 from __future__ import annotations
 
@@ -40,20 +40,22 @@ EDITS = [
     ("mnclglf.grid", 3, "mnclglf.grid = 3: must divide the 16-px views"),
     ("pretrain.epochs", "ten", "pretrain.epochs = 'ten'"),              # masked by overrides.digits
     ("pretrain.lr", -0.1, "pretrain.lr = -0.1"),                        # masked by overrides.digits
-    ("augment.crop_scale", [1.0, 0.4], "augment.crop_scale = [1.0, 0.4]: expected low <= high"),  # masked
+    ("augment.crop_scale", [1.0, 0.4], "augment.crop_scale = [1.0, 0.4]: expected low <= high"),
     ("augment.flip_p", 1.5, "augment.flip_p = 1.5"),                    # masked by overrides.digits
-    ("linear_eval.epochs", 0, "linear_eval.epochs = 0"),                # masked by linear_eval_overrides
+    ("linear_eval.epochs", 0, "linear_eval.epochs = 0"),       # masked by linear_eval_overrides
     ("overrides.digits.augment.crop_scale", [1.0, 0.4], "overrides.digits.augment.crop_scale"),
     ("overrides.digits.augment.flip_p", -0.1, "overrides.digits.augment.flip_p = -0.1"),
     ("overrides.digits.pretrain.epochs", -1, "overrides.digits.pretrain.epochs = -1"),
     ("overrides.digits.pretrain.batch_size", 1, "overrides.digits.pretrain.batch_size = 1"),
     ("overrides.digits.pretrain.keep_epochs", [4, 8, 99], "pretrain.keep_epochs: epoch 99"),
-    ("overrides.digits.mnclglf.queue_size", 32, "mnclglf.queue_size = 32: must be >= pretrain.batch_size (64)"),
+    ("overrides.digits.mnclglf.queue_size", 32,
+     "mnclglf.queue_size = 32: must be >= pretrain.batch_size (64)"),
     ("overrides.digits.mnclglf", None, "overrides.digits.mnclglf = null"),
     ("overrides.digits.fastmoco.k", 5, "overrides.digits.fastmoco.k = 5"),
     ("overrides.digits.model.width", 0, "overrides.digits.model.width = 0"),
     ("overrides.digits.mnclglf.bogus", 1, "overrides.digits.mnclglf.bogus: unknown key"),
-    ("overrides.digits.mnclglf-released.augment.size", 33, "mnclglf.grid = 2: must divide the 33-px views"),
+    ("overrides.digits.mnclglf-released.augment.size", 33,
+     "mnclglf.grid = 2: must divide the 33-px views"),
     ("overrides.digits.mnclglf-released.linear_eval.test_crop", 40, "linear_eval.test_crop = 40"),
     ("linear_eval_overrides.digits.batch_size", 0, "linear_eval_overrides.digits.batch_size = 0"),
     ("mnclglf.ema", 1.0, "mnclglf.ema = 1.0: expected a number >= 0 and < 1"),
@@ -93,13 +95,15 @@ def test_at_least_25_edits() -> None:
     assert len(EDITS) >= 25
 
 
-def test_the_doctor_refuses_an_invalid_file_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`make smoke` and `make all` run the doctor first: a paper-profile value broken behind a digits
-    override stops the smoke profile's first command."""
+def test_the_doctor_refuses_an_invalid_file_first(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make smoke` and `make all` run the doctor first: a paper-profile value broken behind a
+    digits override stops the smoke profile's first command."""
     monkeypatch.chdir(tmp_path)
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(edit("pretrain.epochs", "ten"), sort_keys=False))
-    result = CliRunner().invoke(main, ["doctor", "--profile", "smoke", "--no-bench", "--params", str(params)])
+    result = CliRunner().invoke(main, ["doctor", "--profile", "smoke", "--no-bench",
+                                       "--params", str(params)])
     assert result.exit_code == 1
     assert result.stderr.splitlines() == ["error: pretrain.epochs = 'ten': expected an integer, "
                                           "a number >= 0"]
@@ -113,6 +117,7 @@ def test_the_repository_params_load_unchanged() -> None:
 def test_ema_one_is_refused_in_every_method_that_has_one() -> None:
     """m = 1.0 would freeze the momentum network at its initial weights."""
     for section in ("mnclglf", "mocov2", "byol", "fastmoco"):
-        with pytest.raises(UserError, match=rf"{section}\.ema = 1\.0: expected a number >= 0 and < 1"):
+        with pytest.raises(UserError, match=rf"{section}\.ema = 1\.0: expected a number >= 0 "
+                                            r"and < 1"):
             config.validate(edit(f"{section}.ema", 1.0))
         config.validate(edit(f"{section}.ema", 0.999))

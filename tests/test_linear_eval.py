@@ -64,9 +64,10 @@ def test_cached_feature_probe_equals_encoding_every_batch(digits_root: Path, tin
 
 
 @pytest.mark.parametrize(("stem", "prefix"), [("imagenet", ""), ("cifar", "backbone.")])
-def test_a_torchvision_resnet18_state_dict_is_imported(tmp_path: Path, stem: str, prefix: str) -> None:
-    """torchvision's own ResNet-18 (bare), and solo-learn's CIFAR form of it (3×3 stem, no max-pool;
-    ``backbone.`` under ``state_dict``, classifier included) load as the same network."""
+def test_a_torchvision_resnet18_state_dict_is_imported(tmp_path: Path, stem: str,
+                                                       prefix: str) -> None:
+    """torchvision's own ResNet-18 (bare), and solo-learn's CIFAR form of it (3×3 stem, no
+    max-pool; ``backbone.`` under ``state_dict``, classifier included) load as the same network."""
     torchvision = pytest.importorskip("torchvision")  # not a dependency of the package
     from mnclglf.train.linear_eval import load_encoder
 

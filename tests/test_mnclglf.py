@@ -139,8 +139,9 @@ def test_sg_bn_stats_frozen_leaves_running_stats(tiny_raw: dict) -> None:
 
 
 def test_sg_bn_batch_running_normalises_patches_with_running_statistics(tiny_raw: dict) -> None:
-    """``sg_bn_batch: running``: the stop-gradient pass is f_o with BatchNorm in eval mode (running
-    mean and variance), ``batch`` normalises with the patches' own statistics; train mode is restored."""
+    """``sg_bn_batch: running``: the stop-gradient pass is f_o with BatchNorm in eval mode
+    (running mean and variance), ``batch`` normalises with the patches' own statistics; train
+    mode is restored."""
     torch.manual_seed(1)
     x = torch.randn(8, 3, 8, 8)
     out = {}

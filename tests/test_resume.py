@@ -82,7 +82,8 @@ def test_checkpoint_of_another_configuration_is_not_resumed(resume_raw: dict, tm
     cfg = config.run_config(resume_raw, "digits", "mnclglf")
     from mnclglf.train import checkpoint as ckpt
 
-    state, note = ckpt.load_if_matching(tmp_path / "ckpt" / pt.CHECKPOINT_FILE, ckpt.fingerprint(config.to_dict(cfg)))
+    state, note = ckpt.load_if_matching(tmp_path / "ckpt" / pt.CHECKPOINT_FILE,
+                                        ckpt.fingerprint(config.to_dict(cfg)))
     assert state is None and note is None
 
 
@@ -107,7 +108,8 @@ def test_sigkill_then_rerun_completes(resume_raw: dict, tmp_path: Path) -> None:
     assert 1 <= at_kill < 4
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert f"resuming from {Path('runs/digits/mnclglf/ckpt') / pt.CHECKPOINT_FILE} (epoch {at_kill})" in done.stderr
+    ckpt_rel = Path("runs/digits/mnclglf/ckpt") / pt.CHECKPOINT_FILE
+    assert f"resuming from {ckpt_rel} (epoch {at_kill})" in done.stderr
     assert torch.load(ckpt_file, weights_only=True)["epoch"] == 4
     assert (tmp_path / "runs" / "digits" / "mnclglf" / "pretrain" / pt.ENCODER_FILE).is_file()
     assert not list((tmp_path / "runs" / "digits" / "mnclglf" / "ckpt").glob("*.tmp"))

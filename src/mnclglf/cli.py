@@ -145,8 +145,8 @@ def supervised(dataset: str, run: str, params_file: str, quiet: bool) -> None:
 @click.option("--method", required=True, callback=_run_name, help=RUN_HELP)
 @click.option("--encoder", "encoder_file", default=None, type=click.Path(dir_okay=False),
               help="Encoder file (default: runs/DATASET/METHOD/pretrain/encoder.pt); also a plain "
-                   "ResNet-18 state_dict with torchvision's keys, bare or under backbone. (solo-learn, "
-                   "lightly).")
+                   "ResNet-18 state_dict with torchvision's keys, bare or under backbone. "
+                   "(solo-learn, lightly).")
 @click.option("--kept-epochs", is_flag=True,
               help="Evaluate the intermediate encoders of pretrain.keep_epochs instead (Table 5); writes "
                    "metrics/DATASET/METHOD/epochs/linear_e<N>.json.")

@@ -536,7 +536,8 @@ def validate(raw: dict[str, Any]) -> None:
 
 def _check_variant_section(value: Any, where: str) -> None:
     for section, data in _section(_mapping(value, where), where).items():
-        build(SECTIONS.get(section, LinearEvalConfig), _mapping(data, f"{where}.{section}"), f"{where}.{section}")
+        key = f"{where}.{section}"
+        build(SECTIONS.get(section, LinearEvalConfig), _mapping(data, key), key)
 
 
 def _number_list(values: Any, key: str, integer: bool, lo: float, hi: float) -> list[float]:
@@ -683,7 +684,7 @@ def image_size(raw: dict[str, Any], dataset: str) -> int:
 
 
 def _check_run_shapes(cfg: RunConfig, raw: dict[str, Any]) -> None:
-    """Values valid one by one that do not fit together: hue, the patch grid against the image side."""
+    """Values valid one by one that do not fit together: hue, the patch grid and the image side."""
     hue = cfg.augment.jitter[3]
     if hue > 0.5:
         raise UserError(f"augment.jitter[3] = {hue!r}: the hue strength must be in 0..0.5")
@@ -693,10 +694,11 @@ def _check_run_shapes(cfg: RunConfig, raw: dict[str, Any]) -> None:
         side = cfg.augment.size or image_size(raw, cfg.dataset)
         if side % mc.grid:
             divisors = [g for g in range(1, side + 1) if side % g == 0]
-            raise UserError(f"{base}.grid = {mc.grid}: must divide the {side}-px views of {cfg.dataset}; "
-                            f"allowed: {', '.join(map(str, divisors))}")
+            raise UserError(f"{base}.grid = {mc.grid}: must divide the {side}-px views of "
+                            f"{cfg.dataset}; allowed: {', '.join(map(str, divisors))}")
         if mc.k > mc.grid ** 2:
-            raise UserError(f"{base}.k = {mc.k}: at most grid² = {mc.grid ** 2} patches ({base}.grid = {mc.grid})")
+            raise UserError(f"{base}.k = {mc.k}: at most grid² = {mc.grid ** 2} patches "
+                            f"({base}.grid = {mc.grid})")
 
 
 def linear_eval_config(raw: dict[str, Any], dataset: str, method: str | None = None) -> LinearEvalConfig:
@@ -712,8 +714,9 @@ def linear_eval_config(raw: dict[str, Any], dataset: str, method: str | None = N
         merged = deep_merge(merged, layer)
     cfg = build(LinearEvalConfig, merged, "linear_eval")
     if cfg.test_resize and cfg.test_crop > cfg.test_resize:
-        raise UserError(f"linear_eval.test_crop = {cfg.test_crop}: must be <= linear_eval.test_resize "
-                        f"({cfg.test_resize}); the centre crop is taken from the resized image")
+        raise UserError(f"linear_eval.test_crop = {cfg.test_crop}: must be <= "
+                        f"linear_eval.test_resize ({cfg.test_resize}); the centre crop is taken "
+                        f"from the resized image")
     return cfg
 
 

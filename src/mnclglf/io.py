@@ -77,7 +77,7 @@ def fsync_file(path: Path) -> None:
 
 
 def fsync_dir(path: Path) -> None:
-    """Flush a folder's entries (the rename itself) to disk; a no-op where folders cannot be opened."""
+    """Flush a folder's entries (the rename itself) to disk; a no-op where it cannot be opened."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:

@@ -38,7 +38,7 @@ def fingerprint(obj: Any) -> str:
 
 
 def previous_path(path: Path) -> Path:
-    """Where the checkpoint before ``path`` is kept: ``checkpoint.pt`` → ``checkpoint.prev.pt``."""
+    """Where the checkpoint before ``path`` is kept: ``checkpoint.pt`` → ``checkpoint.prev.pt``"""
     return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
@@ -85,7 +85,8 @@ def _reason(exc: BaseException) -> str:
         found = re.search(r"GLOBAL [\w.]+|Unsupported operand \d+|Unsupported global: [^ ]+", text)
         return ("it holds Python objects, not only tensors and plain data"
                 + (f": {found.group(0)}" if found else "") + "; refused unread, no code was run")
-    if isinstance(exc, (zipfile.BadZipFile, EOFError)) or "corrupted" in text or "failed finding central" in text:
+    cut = isinstance(exc, (zipfile.BadZipFile, EOFError))
+    if cut or "corrupted" in text or "failed finding central" in text:
         return "truncated or corrupt"
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     return first[:160]
@@ -94,14 +95,15 @@ def _reason(exc: BaseException) -> str:
 def load(path: Path, what: str) -> dict[str, Any]:
     """The mapping stored at ``path``, read without running any code; else a one-line error."""
     try:
-        with warnings.catch_warnings():  # torch warns (many lines) about pickle protocols it then refuses
+        with warnings.catch_warnings():  # torch warns, in many lines, of protocols it then refuses
             warnings.simplefilter("ignore")
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile,
             AttributeError, ImportError, TypeError, KeyError, IndexError) as exc:
         raise UserError(f"{path}: not a readable {what} ({_reason(exc)})") from None
     if not isinstance(payload, dict):
-        raise UserError(f"{path}: not a {what} (it holds a {type(payload).__name__}, not a mapping)")
+        kind = type(payload).__name__
+        raise UserError(f"{path}: not a {what} (it holds a {kind}, not a mapping)")
     return payload
 
 
@@ -113,7 +115,8 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
     return payload
 
 
-def load_if_matching(path: Path, expected_fingerprint: str) -> tuple[dict[str, Any] | None, str | None]:
+def load_if_matching(path: Path, expected_fingerprint: str
+                     ) -> tuple[dict[str, Any] | None, str | None]:
     """The checkpoint to resume from (``None`` for a fresh start), and a one-line note saying which.
 
     A checkpoint of another configuration is not resumed. An unreadable ``path`` falls back to

@@ -48,8 +48,8 @@ def check_encoder_payload(path: Path, payload: dict[str, Any]) -> ModelConfig:
     """The architecture an encoder file names, after checking every key linear-eval reads."""
     for key, tp in ENCODER_KEYS.items():
         if not isinstance(payload.get(key), tp):
-            raise UserError(f"{path}: not an encoder file of `mnclglf pretrain` (key {key!r} is missing or "
-                            f"not a {tp.__name__})")
+            raise UserError(f"{path}: not an encoder file of `mnclglf pretrain` (key {key!r} is "
+                            f"missing or not a {tp.__name__})")
     norm = payload["normalize"]
     for key in ("mean", "std"):
         values = norm.get(key)
@@ -60,7 +60,8 @@ def check_encoder_payload(path: Path, payload: dict[str, Any]) -> ModelConfig:
         raise UserError(f"{path}: normalize.std must be > 0 and image_size >= 0 (0: the dataset's "
                         f"own)")
     if payload["dataset"] not in DATASETS:
-        raise UserError(f"{path}: dataset = {payload['dataset']!r}: expected one of {', '.join(DATASETS)}")
+        raise UserError(f"{path}: dataset = {payload['dataset']!r}: expected one of "
+                        f"{', '.join(DATASETS)}")
     return build(ModelConfig, payload["model"], f"{path}: model")
 
 
@@ -68,7 +69,7 @@ EXTERNAL_PREFIXES = ("", "module.", "backbone.", "module.backbone.", "encoder.",
 
 
 def _torchvision_key(key: str) -> str | None:
-    """torchvision's ResNet-18 name of a weight → this package's; None for its classifier ``fc``."""
+    """torchvision's ResNet-18 name of a weight → this package's; None for the classifier."""
     if key.startswith("fc."):
         return None
     for old, new in (("conv1.", "stem.0."), ("bn1.", "stem.1.")):
@@ -95,8 +96,8 @@ def import_resnet18(path: Path, payload: dict[str, Any], dataset: str) -> dict[s
         return None
     conv1 = sd[f"{prefix}conv1.weight"]
     if conv1.ndim != 4 or conv1.shape[-1] not in (3, 7):
-        raise UserError(f"{path}: conv1.weight has shape {tuple(conv1.shape)}; expected a 3×3 (CIFAR) "
-                        f"or 7×7 (ImageNet) ResNet-18 stem")
+        raise UserError(f"{path}: conv1.weight has shape {tuple(conv1.shape)}; expected a 3×3 "
+                        f"(CIFAR) or 7×7 (ImageNet) ResNet-18 stem")
     backbone = {}
     for key, value in sd.items():
         name = _torchvision_key(key[len(prefix):]) if key.startswith(prefix) else None

@@ -146,14 +146,15 @@ def publish_kept_encoders(epochs: tuple[int, ...], ckpt_dir: Path, out_dir: Path
 
 
 def resume(s: Setup, state: dict[str, Any], path: Path) -> None:
-    """Load a checkpoint's states into the run; one whose tensors do not fit is refused in one line."""
+    """Load a checkpoint's states into the run; tensors that do not fit are one line."""
     try:
         s.method.load_state_dict(state["method"])
         s.optimizer.load_state_dict(state["optimizer"])
         ckpt.restore_rng(state["rng"], s.gens)
     except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         reason = " ".join(str(exc).split())[:160]
-        raise UserError(f"{path}: does not fit this run ({reason}); delete it to start afresh") from None
+        raise UserError(f"{path}: does not fit this run ({reason}); delete it to start "
+                        f"afresh") from None
 
 
 def pretrain(cfg: RunConfig, out_dir: Path, ckpt_dir: Path, metrics_path: Path, progress: bool = True) -> dict[str, Any]:
@@ -208,10 +209,10 @@ def pretrain(cfg: RunConfig, out_dir: Path, ckpt_dir: Path, metrics_path: Path, 
                                      cfg.pretrain.warmup_steps),
                      "images_per_s": steps_per_epoch * bs / dt}
             if not math.isfinite(entry["loss"]):
-                kept = (f"the last good checkpoint, {ckpt_path} (epoch {last_good}), is left as it was" if last_good
-                        else "no checkpoint was written before it")
-                raise DivergedError(f"pretraining {cfg.method} on {cfg.dataset} diverged: loss is {entry['loss']} "
-                                    f"at epoch {epoch}; {kept}")
+                kept = (f"the last good checkpoint, {ckpt_path} (epoch {last_good}), is left as it "
+                        f"was" if last_good else "no checkpoint was written before it")
+                raise DivergedError(f"pretraining {cfg.method} on {cfg.dataset} diverged: loss is "
+                                    f"{entry['loss']} at epoch {epoch}; {kept}")
             history.append(entry)
             logger.log(entry)
             pbar.update(task, status=f"loss {entry['loss']:.3f}")
