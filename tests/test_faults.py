@@ -123,10 +123,26 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     raw["mnclglf"] = {**raw["mnclglf"], "queue_size": 256}
     prepare_digits(raw["data_root"], size=8)
     torch.set_num_threads(1)
-    pt.pretrain(config.run_config(raw, "digits", "mnclglf"), d / "pre", d / "ckpt", d / "m.json",
-                progress=False)
+    cfg = config.run_config(raw, "digits", "mnclglf")
+    pt.pretrain(cfg, d / "pre", d / "ckpt", d / "m.json", progress=False)
+    assert sorted(p.name for p in (d / "ckpt").iterdir()) == [pt.CHECKPOINT_FILE]  # prev dropped
+    real = pt.train_step  # the same run stopped in epoch 2: its epoch-1 checkpoint
+
+    def crash(s, idx, step, total):  # noqa: ANN001, ANN202
+        if step == 1437 // 128 + 2:
+            raise KeyboardInterrupt
+        return real(s, idx, step, total)
+
+    pt.train_step = crash
+    try:
+        pt.pretrain(cfg, d / "pre1", d / "ckpt1", d / "m1.json", progress=False)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        pt.train_step = real
     (d / "params.yaml").write_text(yaml.safe_dump(raw))
-    return {"encoder": d / "pre" / pt.ENCODER_FILE, "ckpt": d / "ckpt", "params": d / "params.yaml"}
+    return {"encoder": d / "pre" / pt.ENCODER_FILE, "ckpt": d / "ckpt", "params": d / "params.yaml",
+            "epoch1": d / "ckpt1" / pt.CHECKPOINT_FILE}
 
 
 def encoder_variants(encoder: Path, tmp_path: Path) -> dict[str, tuple[Path, str]]:
@@ -174,6 +190,7 @@ def copy_ckpt(trained: dict[str, Path], work: Path) -> Path:
     dst.mkdir(parents=True)
     for f in trained["ckpt"].iterdir():
         (dst / f.name).write_bytes(f.read_bytes())
+    (dst / "checkpoint.prev.pt").write_bytes(trained["epoch1"].read_bytes())
     assert torch.load(dst / "checkpoint.prev.pt", weights_only=True)["epoch"] == 1
     return dst
 

@@ -4,7 +4,8 @@ A checkpoint records a fingerprint of the run's configuration; one written under
 another configuration is ignored rather than resumed (DVC keeps the checkpoint
 folder across reruns with ``persist: true``). Each save renames the checkpoint it
 replaces to ``checkpoint.prev.pt``, so an unreadable newest checkpoint leaves the
-one before it to resume from.
+one before it to resume from; a finished run drops it once its final checkpoint reads
+back (the paper profile's checkpoints are 0.2-0.4 GB each, and DVC caches the folder).
 
 Every file is read with ``torch.load(weights_only=True)``: tensors and plain Python
 data only, so a pickle in an encoder or a checkpoint cannot run code (the RNG states
@@ -113,6 +114,14 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
     if missing:
         raise UserError(f"{path}: not a checkpoint of mnclglf pretrain (no key {missing[0]!r})")
     return payload
+
+
+def drop_previous(path: Path) -> None:
+    """Delete the checkpoint kept before ``path`` once ``path`` itself reads back whole."""
+    prev = previous_path(path)
+    if prev.is_file():
+        _read_checkpoint(path)
+        prev.unlink()
 
 
 def load_if_matching(path: Path, expected_fingerprint: str

@@ -227,6 +227,7 @@ def pretrain(cfg: RunConfig, out_dir: Path, ckpt_dir: Path, metrics_path: Path, 
                 }, keep_previous=True)
                 last_good = epoch
     logger.close()
+    ckpt.drop_previous(ckpt_path)
     publish_kept_encoders(cfg.pretrain.keep_epochs, ckpt_dir, out_dir)
     ckpt.save(out_dir / ENCODER_FILE, encoder_payload(cfg, s.method.backbone, cfg.pretrain.epochs, s.mean_std, int(s.images.shape[-1])))
     stds = [h["embedding_std"] for h in history if "embedding_std" in h]
