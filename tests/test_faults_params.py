@@ -72,6 +72,8 @@ EDITS = [
     ("speed.precision", "fp16", "speed.precision = 'fp16'"),
     ("digits.size", 4, "digits.size = 4"),
     ("overrides", ["digits"], "overrides = ['digits']: expected a mapping"),
+    ("mnclglf", [1, 2], "mnclglf = [1, 2]: expected a mapping"),
+    ("eval_methods", ["mnclglf", "mnclglf-v2"], "eval_methods: unknown value 'mnclglf-v2'"),
 ]
 
 

@@ -454,7 +454,9 @@ def read_params(path: Path | str = "params.yaml") -> dict[str, Any]:
     unknown = sorted(set(raw) - TOP_LEVEL)
     if unknown:
         raise UserError(f"{unknown[0]}: unknown key in {path}; allowed: {', '.join(sorted(TOP_LEVEL))}")
-    for key, allowed in (("datasets", DATASETS), ("methods", RUN_METHODS), ("ablation_datasets", DATASETS)):
+    for key, allowed in (("datasets", DATASETS), ("methods", RUN_METHODS),
+                         ("ablation_datasets", DATASETS),
+                         ("eval_methods", (*RUN_METHODS, "random-init"))):
         values = raw.get(key, [])
         if not isinstance(values, list):
             raise UserError(f"{key} = {values!r}: expected a list")
@@ -563,7 +565,7 @@ def _check_ablations(raw: dict[str, Any]) -> None:
     outside = sorted(set(raw.get("ablation_datasets", [])) - set(raw.get("datasets", [])))
     if outside:
         raise UserError(f"ablation_datasets: {outside[0]!r} is not in `datasets` (its main runs are needed)")
-    main = raw.get("mnclglf") or {}
+    main = raw.get("mnclglf") if isinstance(raw.get("mnclglf"), dict) else {}  # else: validate()
     for key, integer, hi in (("lam", False, 1e6), ("k", True, 4)):
         values = _number_list(abl.get(key, []), f"ablations.{key}", integer, 1 if integer else 1e-9, hi)
         for v in values:
