@@ -23,6 +23,28 @@ TINY: dict[str, Any] = {
 }
 
 
+# Groups `make test` leaves out (CI runs each as its own step): pytest -m faults / -m inductor.
+SEPARATE_GROUPS = {
+    "faults": "slow fault injection (SIGKILL and resume, two dvc repro at once); pytest -m faults",
+    "inductor": "torch.compile with inductor, minutes on a cold compiler cache; pytest -m inductor",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, doc in SEPARATE_GROUPS.items():
+        config.addinivalue_line("markers", f"{name}: {doc}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without ``-m``, leave the separate groups out (reported as deselected, never as skipped)."""
+    if config.option.markexpr:
+        return
+    out = [item for item in items if any(item.get_closest_marker(g) for g in SEPARATE_GROUPS)]
+    if out:
+        config.hook.pytest_deselected(items=out)
+        items[:] = [item for item in items if item not in out]
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """One torch thread per test: tiny tensors gain nothing from more, and CI's two cores stay free."""

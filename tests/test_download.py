@@ -30,6 +30,7 @@ from fixtures.official_archives import (
     zip_of_zeros,
 )
 
+from mnclglf.cli import main
 from mnclglf.data.archives import RestrictedUnpickler, extract, load_pickle
 from mnclglf.data.download import md5_file
 from mnclglf.data.prepare import prepare
@@ -47,11 +48,10 @@ def archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Built]:
 
 def run_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> Result:
     """``mnclglf download ARGS --quiet`` from an empty working directory (no params.yaml)."""
-    cli = pytest.importorskip("mnclglf.cli")
     work = tmp_path / "cwd"
     work.mkdir(exist_ok=True)
     monkeypatch.chdir(work)
-    return CliRunner().invoke(cli.main, ["download", *args, "--quiet"])
+    return CliRunner().invoke(main, ["download", *args, "--quiet"])
 
 
 def assert_split(root: Path, dataset: str, split: str, want_images: np.ndarray, want_labels: np.ndarray) -> None:

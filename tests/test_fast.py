@@ -261,9 +261,15 @@ COMPILE_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.inductor
 def test_compile_inductor_same_maths(tmp_path):
-    """``speed.compile`` with the default backend (inductor), if it compiles here within the time budget."""
-    budget = float(os.environ.get("MNCLGLF_COMPILE_TEST_S", "25"))
+    """``speed.compile`` with the default backend (inductor): the same maths as the eager step.
+
+    Its own group (``pytest -m inductor``, a CI step of its own): it generates and builds C++
+    kernels, ~6 min measured on 2 shared cores with a cold cache, too long for ``make test``.
+    Past the budget it fails, it does not skip.
+    """
+    budget = float(os.environ.get("MNCLGLF_COMPILE_TEST_S", "900"))
     ok, why = fast.compile_available()
     if not ok:
         pytest.skip(f"torch.compile unavailable: {why}")
@@ -272,9 +278,8 @@ def test_compile_inductor_same_maths(tmp_path):
     try:
         proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=budget)
     except subprocess.TimeoutExpired:
-        pytest.skip(f"torch.compile (inductor) of the tiny step did not finish within {budget:.0f} s on this CPU "
-                    f"(it generates and builds C++ kernels; ~6 min measured on 2 shared cores with a cold cache); "
-                    f"MNCLGLF_COMPILE_TEST_S=900 gives it longer")
+        pytest.fail(f"torch.compile (inductor) of the tiny step did not finish within "
+                    f"{budget:.0f} s (MNCLGLF_COMPILE_TEST_S)")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["ok"], proc.stdout
     assert time.perf_counter() - t0 <= budget + 5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -59,3 +60,32 @@ def test_cached_feature_probe_equals_encoding_every_batch(digits_root: Path, tin
     assert got["augment"] is False
     assert (got["top1"], got["top5"]) == (want["top1"], want["top5"])
     assert got["top1"] > 30.0  # three epochs on random features already beat chance (10 %) by far
+
+
+
+@pytest.mark.parametrize(("stem", "prefix"), [("imagenet", ""), ("cifar", "backbone.")])
+def test_a_torchvision_resnet18_state_dict_is_imported(tmp_path: Path, stem: str,
+                                                       prefix: str) -> None:
+    """torchvision's own ResNet-18 (bare), and solo-learn's CIFAR form of it (3×3 stem, no
+    max-pool; ``backbone.`` under ``state_dict``, classifier included) load as the same network."""
+    torchvision = pytest.importorskip("torchvision")  # not a dependency of the package
+    from mnclglf.train.linear_eval import load_encoder
+
+    torch.manual_seed(0)
+    ref = torchvision.models.resnet18(weights=None)
+    if stem == "cifar":
+        ref.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        ref.maxpool = nn.Identity()
+    with torch.no_grad():  # non-trivial running statistics
+        for m in ref.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 1.5)
+    sd = {prefix + k: v for k, v in ref.state_dict().items()}
+    path = tmp_path / "external.pth"
+    torch.save({"state_dict": sd} if prefix else sd, path)
+    encoder, payload = load_encoder(path, torch.device("cpu"), dataset="cifar10")
+    assert payload["model"] == {"stem": stem, "width": 1.0, "zero_init_residual": False}
+    ref.fc = nn.Identity()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(encoder(x), ref.eval()(x), rtol=1e-5, atol=1e-6)

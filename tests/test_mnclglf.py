@@ -138,6 +138,31 @@ def test_sg_bn_stats_frozen_leaves_running_stats(tiny_raw: dict) -> None:
     assert any(not torch.equal(before[n], dict(method.backbone.named_buffers())[n]) for n in before)
 
 
+def test_sg_bn_batch_running_normalises_patches_with_running_statistics(tiny_raw: dict) -> None:
+    """``sg_bn_batch: running``: the stop-gradient pass is f_o with BatchNorm in eval mode
+    (running mean and variance), ``batch`` normalises with the patches' own statistics; train
+    mode is restored."""
+    torch.manual_seed(1)
+    x = torch.randn(8, 3, 8, 8)
+    out = {}
+    for mode in ("running", "batch"):
+        m = build(tiny_raw, sg_bn_batch=mode)
+        bns = [b for b in m.modules() if isinstance(b, torch.nn.modules.batchnorm._BatchNorm)]
+        gen = torch.Generator().manual_seed(2)
+        for bn in bns:  # running statistics far from any batch's
+            bn.running_mean.uniform_(-1, 1, generator=gen)
+            bn.running_var.uniform_(0.5, 2, generator=gen)
+        m.train()
+        out[mode] = m.local_embeddings(x)
+        assert all(bn.training for bn in bns)
+        ref = copy.deepcopy(m)
+        ref.eval() if mode == "running" else ref.train()
+        with torch.no_grad():
+            want = ref.projector(ops.combine(ref.backbone(ref.divide(x)), ref.mc.k, parts=4))
+        assert torch.allclose(out[mode], want, rtol=1e-5, atol=1e-6), mode
+    assert not torch.allclose(out["running"], out["batch"], rtol=1e-3, atol=1e-3)
+
+
 def test_theta_s_equals_theta_o_after_every_step_and_ema(tiny_raw: dict) -> None:
     """f_s is f_o's own modules, so after any optimiser step it encodes with θ_o; f_m follows Eq. 2-3."""
     method = build(tiny_raw)

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mnclglf import ops
 
@@ -24,6 +25,22 @@ def test_infonce_temperature_scales_logits() -> None:
     p = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     expected = -math.log(math.exp(2) / (math.exp(2) + 1))
     assert ops.infonce(p.clone(), p, 0.5).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_infonce_normalises_both_inputs() -> None:
+    """Predictions and targets of any length give the loss of their unit-length directions."""
+    g = torch.Generator().manual_seed(0)
+    h, p = torch.randn(6, 4, generator=g), torch.randn(3, 4, generator=g)
+    scale_h = torch.rand(6, 1, generator=g) * 5 + 0.2
+    scale_p = torch.rand(3, 1, generator=g) * 5 + 0.2
+    unit = ops.infonce(F.normalize(h, dim=1), F.normalize(p, dim=1), 0.5)
+    assert ops.infonce(h * scale_h, p * scale_p, 0.5).item() == pytest.approx(unit.item(), rel=1e-6)
+    assert ops.infonce(h, p * scale_p, 0.5).item() == pytest.approx(unit.item(), rel=1e-6)
+    unit_p = F.normalize(p, dim=1)
+    logits = torch.stack([F.normalize(c, dim=1) @ unit_p.T / 0.5 for c in h.view(2, 3, 4)])
+    expected = torch.stack([F.cross_entropy(lg, torch.arange(3)) for lg in logits]).mean()
+    got = ops.infonce(h * scale_h, p * scale_p, 0.5)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_infonce_rejects_non_multiple() -> None:

@@ -34,6 +34,18 @@ def test_drop_overflow_fills_tail_then_restarts() -> None:
     assert q.bank[:, 0].tolist() == [10, 11, 2, 3, 4]
 
 
+def test_drop_overflow_exactly_filling_batches_wrap_the_pointer() -> None:
+    """The released configurations fill Q exactly (16384/256, 1024/128): the pointer then restarts
+    at 0 and the next batch is kept, not thrown away past the end."""
+    q = Queue(4, 2, overflow="drop")
+    q.push(rows(0, 2))
+    q.push(rows(2, 2))  # ptr + n == size
+    assert int(q.ptr) == 0
+    q.push(rows(10, 2))
+    assert q.bank[:, 0].tolist() == [10, 11, 2, 3]
+    assert int(q.ptr) == 2
+
+
 def test_queue_travels_in_state_dict() -> None:
     q = Queue(4, 2)
     q.push(rows(7, 3))

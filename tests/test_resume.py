@@ -82,12 +82,15 @@ def test_checkpoint_of_another_configuration_is_not_resumed(resume_raw: dict, tm
     cfg = config.run_config(resume_raw, "digits", "mnclglf")
     from mnclglf.train import checkpoint as ckpt
 
-    assert ckpt.load_if_matching(tmp_path / "ckpt" / pt.CHECKPOINT_FILE, ckpt.fingerprint(config.to_dict(cfg))) is None
+    state, note = ckpt.load_if_matching(tmp_path / "ckpt" / pt.CHECKPOINT_FILE,
+                                        ckpt.fingerprint(config.to_dict(cfg)))
+    assert state is None and note is None
 
 
 def test_sigkill_then_rerun_completes(resume_raw: dict, tmp_path: Path) -> None:
-    """A real SIGKILL of the CLI, then the same command: it resumes and finishes."""
-    resume_raw["pretrain"]["epochs"] = 3
+    """A real SIGKILL of the CLI after its first checkpoint, then the same command: it resumes
+    from that checkpoint (not afresh) and finishes."""
+    resume_raw["pretrain"]["epochs"] = 4
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(resume_raw))
     cmd = [sys.executable, "-m", "mnclglf", "pretrain", "--dataset", "digits", "--method", "mnclglf",
@@ -97,14 +100,17 @@ def test_sigkill_then_rerun_completes(resume_raw: dict, tmp_path: Path) -> None:
     ckpt_file = tmp_path / "runs" / "digits" / "mnclglf" / "ckpt" / pt.CHECKPOINT_FILE
     deadline = time.time() + 120
     while not ckpt_file.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    killed = proc.poll() is None
-    if killed:
-        proc.send_signal(signal.SIGKILL)
-    proc.wait()
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    at_kill = torch.load(ckpt_file, weights_only=True)["epoch"]
+    assert 1 <= at_kill < 4
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert torch.load(ckpt_file, weights_only=False)["epoch"] == 3
+    ckpt_rel = Path("runs/digits/mnclglf/ckpt") / pt.CHECKPOINT_FILE
+    assert f"resuming from {ckpt_rel} (epoch {at_kill})" in done.stderr
+    assert torch.load(ckpt_file, weights_only=True)["epoch"] == 4
     assert (tmp_path / "runs" / "digits" / "mnclglf" / "pretrain" / pt.ENCODER_FILE).is_file()
     assert not list((tmp_path / "runs" / "digits" / "mnclglf" / "ckpt").glob("*.tmp"))
 

@@ -1,7 +1,12 @@
 """The ``mnclglf`` command: thin click wrappers over the library, usable with or without DVC.
 
-Every user-fixable problem surfaces as one line ``error: …`` and exit status 1 (2 for
-command-line usage errors), never a traceback.
+Every user-fixable problem surfaces as one line ``error: …``, never a traceback. Exit status:
+
+- 0: done;
+- 1: bad input (a parameter, a missing or unreadable file, a machine that cannot run it);
+- 2: command-line usage error (click's);
+- 3: the training diverged (a non-finite loss); the last good checkpoint is left intact;
+- 130: interrupted.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from pathlib import Path
 import click
 
 from mnclglf import config, paths
-from mnclglf.errors import UserError
+from mnclglf.errors import EXIT_DIVERGED, EXIT_USER_ERROR, DivergedError, UserError
 from mnclglf.report.summary import report_command
 from mnclglf.report.verify import verify_command
 
@@ -50,9 +55,12 @@ class OneLineErrors(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: ANN001
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except DivergedError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_DIVERGED)
         except UserError as exc:
             click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
+            sys.exit(EXIT_USER_ERROR)
         except click.exceptions.Abort:
             click.echo("error: aborted", err=True)
             sys.exit(1)
@@ -136,7 +144,9 @@ def supervised(dataset: str, run: str, params_file: str, quiet: bool) -> None:
 @click.option("--dataset", required=True, type=click.Choice(config.DATASETS), help="Dataset of the encoder.")
 @click.option("--method", required=True, callback=_run_name, help=RUN_HELP)
 @click.option("--encoder", "encoder_file", default=None, type=click.Path(dir_okay=False),
-              help="Encoder file (default: runs/DATASET/METHOD/pretrain/encoder.pt).")
+              help="Encoder file (default: runs/DATASET/METHOD/pretrain/encoder.pt); also a plain "
+                   "ResNet-18 state_dict with torchvision's keys, bare or under backbone. "
+                   "(solo-learn, lightly).")
 @click.option("--kept-epochs", is_flag=True,
               help="Evaluate the intermediate encoders of pretrain.keep_epochs instead (Table 5); writes "
                    "metrics/DATASET/METHOD/epochs/linear_e<N>.json.")
@@ -163,7 +173,7 @@ def linear_eval(dataset: str, method: str, encoder_file: str | None, kept_epochs
     with recorded(env, run_cfg.seed):
         for encoder, out_dir, metrics in jobs:
             result = run(encoder, cfg, raw.get("data_root", "data"), run_cfg.seed, out_dir, metrics,
-                         progress=not quiet, speed=run_cfg.speed)
+                         progress=not quiet, speed=run_cfg.speed, dataset=dataset)
             click.echo(f"{method}@{dataset} (epoch {result['pretrain_epoch']}): top-1 {result['top1']:.2f}  "
                        f"top-5 {result['top5']:.2f}")
 

@@ -44,6 +44,7 @@ from typing import Any, Literal
 
 import yaml
 
+from mnclglf.data.sources import SOURCES
 from mnclglf.errors import UserError
 
 DATASETS = ("digits", "cifar10", "cifar100", "tinyimagenet")  # data.sources.SOURCES plus the bundled digits
@@ -153,7 +154,9 @@ class AugmentConfig:
     crop_scale: tuple[float, float] = pair((0.2, 1.0), gt=0, le=1)
     crop_ratio: tuple[float, float] = pair((3 / 4, 4 / 3), gt=0)
     flip_p: float = num(0.5, ge=0, le=1)
-    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
+    jitter: tuple[float, float, float, float] = field(
+        default=(0.4, 0.4, 0.4, 0.1),
+        metadata=_check(ge=0, doc="brightness, contrast, saturation, hue (hue <= 0.5)"))
     jitter_p: float = num(0.8, ge=0, le=1)
     gray_p: float = num(0.2, ge=0, le=1)
     blur_p: float = num(0.5, ge=0, le=1)
@@ -458,7 +461,7 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_params(path: Path | str = "params.yaml") -> dict[str, Any]:
-    """Parse ``params.yaml`` and check its top level; the sections are checked by :func:`run_config`."""
+    """Parse ``params.yaml`` and check all of it (:func:`validate`), whichever stage asks."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: parameter file not found")
@@ -471,7 +474,9 @@ def read_params(path: Path | str = "params.yaml") -> dict[str, Any]:
     unknown = sorted(set(raw) - TOP_LEVEL)
     if unknown:
         raise UserError(f"{unknown[0]}: unknown key in {path}; allowed: {', '.join(sorted(TOP_LEVEL))}")
-    for key, allowed in (("datasets", DATASETS), ("methods", RUN_METHODS), ("ablation_datasets", DATASETS)):
+    for key, allowed in (("datasets", DATASETS), ("methods", RUN_METHODS),
+                         ("ablation_datasets", DATASETS),
+                         ("eval_methods", (*RUN_METHODS, "random-init"))):
         values = raw.get(key, [])
         if not isinstance(values, list):
             raise UserError(f"{key} = {values!r}: expected a list")
@@ -480,7 +485,81 @@ def read_params(path: Path | str = "params.yaml") -> dict[str, Any]:
                 raise UserError(f"{key}: unknown value {v!r}; allowed: {', '.join(allowed)}")
     _check_ablations(raw)
     seeds(raw)
+    validate(raw)
     return raw
+
+
+def _mapping(value: Any, key: str) -> dict[str, Any]:
+    """A section as written: a mapping; a null (an empty ``key:``) or any other value is refused."""
+    if value is None:
+        raise UserError(f"{key} = null: an empty section; give its keys or remove the line")
+    if not isinstance(value, dict):
+        raise UserError(f"{key} = {value!r}: expected a mapping")
+    return value
+
+
+def _stage_runs(raw: dict[str, Any], dataset: str) -> list[str]:
+    """Every run a stage may start on ``dataset``: the methods, supervised, the ablation runs."""
+    runs = [*raw.get("methods", SSL_METHODS), "supervised"]
+    if dataset in raw.get("ablation_datasets", []):
+        abl = raw.get("ablations") or {}
+        runs += [f"mnclglf-lam{v}" for v in abl.get("lam", [])]
+        runs += [f"mnclglf-k{v}" for v in abl.get("k", [])]
+        runs += ["mnclglf-one", *map(str, abl.get("table5_runs", []))]
+    return list(dict.fromkeys(runs))
+
+
+def validate(raw: dict[str, Any]) -> None:
+    """Check the whole file, whichever stage runs: every section as written, every dataset override,
+    every variant section, then each run's merged configuration on each dataset.
+
+    A value that a dataset override replaces is still checked, so that a broken paper profile
+    is refused by the smoke profile's first command, not hours later.
+    """
+    shared = (*SECTIONS.items(), ("linear_eval", LinearEvalConfig), ("digits", DigitsConfig))
+    for name, cls in shared:
+        if name in raw:
+            build(cls, _mapping(raw[name], name), name)
+    for table in ("overrides", "linear_eval_overrides"):
+        for dataset, over in _mapping(raw.get(table, {}), table).items():
+            if dataset not in DATASETS:
+                raise UserError(f"{table}.{dataset}: unknown dataset; allowed: "
+                                f"{', '.join(DATASETS)}")
+            over = _mapping(over, f"{table}.{dataset}")
+            if table == "linear_eval_overrides":
+                build(LinearEvalConfig, over, f"{table}.{dataset}")
+                continue
+            for section, value in over.items():
+                if section in SECTIONS:
+                    build(SECTIONS[section], _mapping(value, f"{table}.{dataset}.{section}"),
+                          f"{table}.{dataset}.{section}")
+                elif section in VARIANT_RUNS:
+                    _check_variant_section(value, f"{table}.{dataset}.{section}")
+    for run in VARIANT_RUNS:
+        if run in raw:
+            _check_variant_section(raw[run], run)
+    profiles = _mapping(raw.get("profiles", {}), "profiles")
+    for name, prof in profiles.items():
+        prof = _mapping(prof, f"profiles.{name}")
+        for d in prof.get("datasets", []) if isinstance(prof.get("datasets", []), list) else [None]:
+            if d not in DATASETS:
+                raise UserError(f"profiles.{name}.datasets: {d!r} is not a dataset; allowed: "
+                                f"{', '.join(DATASETS)}")
+    datasets = dict.fromkeys([*raw.get("datasets", DATASETS), *(raw.get("overrides") or {}),
+                              *(raw.get("linear_eval_overrides") or {})])
+    for dataset in datasets:
+        for run in _stage_runs(raw, dataset):
+            try:
+                run_config(raw, dataset, run)
+                linear_eval_config(raw, dataset, run)
+            except UserError as exc:
+                raise UserError(f"{exc} (in run {run} on {dataset})") from None
+
+
+def _check_variant_section(value: Any, where: str) -> None:
+    for section, data in _section(_mapping(value, where), where).items():
+        key = f"{where}.{section}"
+        build(SECTIONS.get(section, LinearEvalConfig), _mapping(data, key), key)
 
 
 def _number_list(values: Any, key: str, integer: bool, lo: float, hi: float) -> list[float]:
@@ -506,7 +585,7 @@ def _check_ablations(raw: dict[str, Any]) -> None:
     outside = sorted(set(raw.get("ablation_datasets", [])) - set(raw.get("datasets", [])))
     if outside:
         raise UserError(f"ablation_datasets: {outside[0]!r} is not in `datasets` (its main runs are needed)")
-    main = raw.get("mnclglf") or {}
+    main = raw.get("mnclglf") if isinstance(raw.get("mnclglf"), dict) else {}  # else: validate()
     for key, integer, hi in (("lam", False, 1e6), ("k", True, 4)):
         values = _number_list(abl.get(key, []), f"ablations.{key}", integer, 1 if integer else 1e-9, hi)
         for v in values:
@@ -608,6 +687,7 @@ def run_config(raw: dict[str, Any], dataset: str, method: str) -> RunConfig:
         size = getattr(cfg, name).queue_size
         if base == name and size < cfg.pretrain.batch_size:
             raise UserError(f"{name}.queue_size = {size}: must be >= pretrain.batch_size ({cfg.pretrain.batch_size})")
+    _check_run_shapes(cfg, raw)
     outside = [e for e in cfg.pretrain.keep_epochs if not 1 <= e <= cfg.pretrain.epochs]
     if outside:
         raise UserError(f"pretrain.keep_epochs: epoch {outside[0]} is not in 1..pretrain.epochs ({cfg.pretrain.epochs}); "
@@ -624,6 +704,29 @@ def run_config(raw: dict[str, Any], dataset: str, method: str) -> RunConfig:
     return cfg
 
 
+def image_size(raw: dict[str, Any], dataset: str) -> int:
+    """The side of ``dataset``'s prepared images (digits: ``digits.size``)."""
+    return digits_config(raw).size if dataset == "digits" else SOURCES[dataset].image_size
+
+
+def _check_run_shapes(cfg: RunConfig, raw: dict[str, Any]) -> None:
+    """Values valid one by one that do not fit together: hue, the patch grid and the image side."""
+    hue = cfg.augment.jitter[3]
+    if hue > 0.5:
+        raise UserError(f"augment.jitter[3] = {hue!r}: the hue strength must be in 0..0.5")
+    base = base_method(cfg.method)
+    if base in ("mnclglf", "fastmoco"):
+        mc = getattr(cfg, base)
+        side = cfg.augment.size or image_size(raw, cfg.dataset)
+        if side % mc.grid:
+            divisors = [g for g in range(1, side + 1) if side % g == 0]
+            raise UserError(f"{base}.grid = {mc.grid}: must divide the {side}-px views of "
+                            f"{cfg.dataset}; allowed: {', '.join(map(str, divisors))}")
+        if mc.k > mc.grid ** 2:
+            raise UserError(f"{base}.k = {mc.k}: at most grid² = {mc.grid ** 2} patches "
+                            f"({base}.grid = {mc.grid})")
+
+
 def linear_eval_config(raw: dict[str, Any], dataset: str, method: str | None = None) -> LinearEvalConfig:
     """The linear probe of ``method``'s encoder on ``dataset``.
 
@@ -635,7 +738,12 @@ def linear_eval_config(raw: dict[str, Any], dataset: str, method: str | None = N
     merged = raw.get("linear_eval") or {}
     for layer in (own.get("linear_eval") or {}, over, hook.get("linear_eval") or {}):
         merged = deep_merge(merged, layer)
-    return build(LinearEvalConfig, merged, "linear_eval")
+    cfg = build(LinearEvalConfig, merged, "linear_eval")
+    if cfg.test_resize and cfg.test_crop > cfg.test_resize:
+        raise UserError(f"linear_eval.test_crop = {cfg.test_crop}: must be <= "
+                        f"linear_eval.test_resize ({cfg.test_resize}); the centre crop is taken "
+                        f"from the resized image")
+    return cfg
 
 
 def digits_config(raw: dict[str, Any]) -> DigitsConfig:

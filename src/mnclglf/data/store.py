@@ -8,6 +8,7 @@ names, counts per split and the digest of the source it was built from.
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,17 @@ def load_split(root: Path | str, dataset: str, split: str) -> tuple[torch.Tensor
     path = split_path(root, dataset, split)
     if not path.is_file():
         raise UserError(f"{path} not found: run `mnclglf download --dataset {dataset} --root {root}` first")
-    with np.load(path, allow_pickle=False) as npz:
-        images = torch.from_numpy(npz["images"])
-        labels = torch.from_numpy(npz["labels"]).long()
+    rebuild = (f"rebuild it with `rm -r {path.parent} && mnclglf download --dataset {dataset} "
+               f"--root {root}`")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            images = torch.from_numpy(npz["images"])
+            labels = torch.from_numpy(npz["labels"]).long()
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        reason = "truncated or corrupt" if isinstance(exc, (zipfile.BadZipFile, EOFError)) else \
+            " ".join(str(exc).split())[:120]
+        raise UserError(f"{path}: cannot be read ({reason}); {rebuild}") from None
+    if images.dtype != torch.uint8 or images.ndim != 4 or labels.shape != (images.shape[0],):
+        raise UserError(f"{path}: not a prepared split (images {tuple(images.shape)} "
+                        f"{images.dtype}, labels {tuple(labels.shape)}); {rebuild}")
     return images, labels

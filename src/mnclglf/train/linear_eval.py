@@ -15,6 +15,8 @@ in eval mode), at a fraction of the cost; the CPU profile uses it (docs/FIDELITY
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,12 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnclglf.config import LinearEvalConfig, SpeedConfig
-from mnclglf.data.augment import CropFlipAugment, EvalTransform, Normalizer
+from mnclglf.config import DATASETS, LinearEvalConfig, ModelConfig, SpeedConfig, build
+from mnclglf.data.augment import (IMAGENET_MEAN, IMAGENET_STD, CropFlipAugment, EvalTransform,
+                                  Normalizer)
 from mnclglf.data.store import load_meta, load_split
 from mnclglf.errors import UserError
 from mnclglf.io import write_json
 from mnclglf.models import ResNet18
+from mnclglf.train import checkpoint as ckpt
 from mnclglf.train.env import batches, make_generator, pick_device, seed_everything
 from mnclglf.train.lars import LARS
 from mnclglf.train.fast import resolve, set_precision, start_line
@@ -38,13 +42,95 @@ from mnclglf.train.progress import announce, bar
 from mnclglf.train.schedule import cosine_lr, set_lr
 
 
-def load_encoder(path: Path, device: torch.device) -> tuple[ResNet18, dict[str, Any]]:
+ENCODER_KEYS = {"backbone": dict, "model": dict, "dataset": str, "method": str, "epoch": int,
+                "normalize": dict, "image_size": int}
+
+
+def check_encoder_payload(path: Path, payload: dict[str, Any]) -> ModelConfig:
+    """The architecture an encoder file names, after checking every key linear-eval reads."""
+    for key, tp in ENCODER_KEYS.items():
+        if not isinstance(payload.get(key), tp):
+            raise UserError(f"{path}: not an encoder file of `mnclglf pretrain` (key {key!r} is "
+                            f"missing or not a {tp.__name__})")
+    norm = payload["normalize"]
+    for key in ("mean", "std"):
+        values = norm.get(key)
+        if not (isinstance(values, list) and len(values) == 3
+                and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)):
+            raise UserError(f"{path}: normalize.{key} = {values!r}: expected 3 finite numbers")
+    if not all(v > 0 for v in norm["std"]) or payload["image_size"] < 0:
+        raise UserError(f"{path}: normalize.std must be > 0 and image_size >= 0 (0: the dataset's "
+                        f"own)")
+    if payload["dataset"] not in DATASETS:
+        raise UserError(f"{path}: dataset = {payload['dataset']!r}: expected one of "
+                        f"{', '.join(DATASETS)}")
+    return build(ModelConfig, payload["model"], f"{path}: model")
+
+
+EXTERNAL_PREFIXES = ("", "module.", "backbone.", "module.backbone.", "encoder.", "model.backbone.")
+
+
+def _torchvision_key(key: str) -> str | None:
+    """torchvision's ResNet-18 name of a weight → this package's; None for the classifier."""
+    if key.startswith("fc."):
+        return None
+    for old, new in (("conv1.", "stem.0."), ("bn1.", "stem.1.")):
+        if key.startswith(old):
+            return new + key[len(old):]
+    m = re.match(r"layer([1-4])\.(\d)\.(.+)$", key)
+    if m:
+        return f"layers.{int(m[1]) - 1}.{m[2]}.{m[3].replace('downsample.', 'shortcut.')}"
+    return key  # left as it is: the strict load names it
+
+
+def import_resnet18(path: Path, payload: dict[str, Any], dataset: str) -> dict[str, Any] | None:
+    """An encoder payload from a plain ResNet-18 ``state_dict`` with torchvision's keys, bare or
+    under a prefix (``backbone.``: solo-learn's ``state_dict``, lightly's backbone), else None.
+
+    Stem and width follow from ``conv1``; the inputs are normalised with ImageNet's statistics
+    (torchvision's convention) at the dataset's own image size.
+    """
+    sd = payload.get("state_dict", payload)
+    if not (isinstance(sd, dict) and sd and all(isinstance(v, torch.Tensor) for v in sd.values())):
+        return None
+    prefix = next((p for p in EXTERNAL_PREFIXES if f"{p}conv1.weight" in sd), None)
+    if prefix is None:
+        return None
+    conv1 = sd[f"{prefix}conv1.weight"]
+    if conv1.ndim != 4 or conv1.shape[-1] not in (3, 7):
+        raise UserError(f"{path}: conv1.weight has shape {tuple(conv1.shape)}; expected a 3×3 "
+                        f"(CIFAR) or 7×7 (ImageNet) ResNet-18 stem")
+    backbone = {}
+    for key, value in sd.items():
+        name = _torchvision_key(key[len(prefix):]) if key.startswith(prefix) else None
+        if name is not None:
+            backbone[name] = value
+    stem = "imagenet" if conv1.shape[-1] == 7 else "cifar"
+    return {"backbone": backbone, "dataset": dataset, "method": "external",
+            "run": f"external:{path.name}", "variant": None, "epoch": 0, "image_size": 0,
+            "model": {"stem": stem, "width": conv1.shape[0] / 64, "zero_init_residual": False},
+            "normalize": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}}
+
+
+def load_encoder(path: Path, device: torch.device,
+                 dataset: str | None = None) -> tuple[ResNet18, dict[str, Any]]:
+    """The frozen encoder stored at ``path``, read without running code; a bad file is one line.
+
+    With ``dataset``, a plain torchvision-keyed ResNet-18 state_dict is accepted too
+    (:func:`import_resnet18`).
+    """
     if not path.is_file():
         raise UserError(f"{path}: encoder file not found (run `mnclglf pretrain` first)")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    m = payload["model"]
-    encoder = ResNet18(m["stem"], m["width"], m["zero_init_residual"])
-    encoder.load_state_dict(payload["backbone"])
+    payload = ckpt.load(path, "encoder file")
+    if dataset is not None and "backbone" not in payload:
+        payload = import_resnet18(path, payload, dataset) or payload
+    m = check_encoder_payload(path, payload)
+    encoder = ResNet18(m.stem, m.width, m.zero_init_residual)
+    try:
+        encoder.load_state_dict(payload["backbone"])
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise UserError(f"{path}: its backbone does not fit a ResNet-18 ({reason})") from None
     return encoder.to(device).eval().requires_grad_(False), payload
 
 
@@ -131,11 +217,13 @@ def train_epoch(p: Probe, batch_size: int, lrs: list[float],
 
 
 def linear_eval(encoder_path: Path, cfg: LinearEvalConfig, data_root: str, seed: int, out_dir: Path,
-                metrics_path: Path, progress: bool = True, speed: SpeedConfig | None = None) -> dict[str, Any]:
+                metrics_path: Path, progress: bool = True, speed: SpeedConfig | None = None,
+                dataset: str | None = None) -> dict[str, Any]:
+    """Probe the encoder at ``encoder_path``; ``dataset`` lets a plain ResNet-18 state_dict in."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(seed)
-    encoder, payload = load_encoder(encoder_path, torch.device("cpu"))
+    encoder, payload = load_encoder(encoder_path, torch.device("cpu"), dataset)
     dataset = payload["dataset"]
     device = pick_device(cfg.device, dataset, "linear_eval.device")
     encoder = encoder.to(device)
@@ -146,7 +234,7 @@ def linear_eval(encoder_path: Path, cfg: LinearEvalConfig, data_root: str, seed:
     train_x, train_y = (t.to(device) for t in load_split(data_root, dataset, "train"))
     test_x, test_y = (t.to(device) for t in load_split(data_root, dataset, "test"))
     normalizer = Normalizer(tuple(payload["normalize"]["mean"]), tuple(payload["normalize"]["std"]), device)
-    size = cfg.train_size or int(payload["image_size"])
+    size = cfg.train_size or int(payload["image_size"]) or int(train_x.shape[-1])
     augment = CropFlipAugment(cfg.crop_scale, cfg.flip_p, normalizer, size, mode=cfg.interpolation)
     transform = EvalTransform(normalizer, cfg.test_crop or size, cfg.test_resize, cfg.interpolation)
     head = nn.Linear(encoder.out_dim, num_classes).to(device)

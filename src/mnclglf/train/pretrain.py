@@ -13,6 +13,7 @@ point resumes to the same final weights.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,8 +26,8 @@ from mnclglf import ops
 from mnclglf.config import RunConfig, base_method, to_dict
 from mnclglf.data.augment import CropFlipAugment, SSLAugment, make_normalizer
 from mnclglf.data.store import load_meta, load_split
-from mnclglf.errors import UserError
-from mnclglf.io import link_or_copy, write_json
+from mnclglf.errors import DivergedError, UserError
+from mnclglf.io import link_or_copy, remove_temporaries, write_json
 from mnclglf.methods import Method, build_method
 from mnclglf.models import ResNet18
 from mnclglf.paths import KEPT_ENCODER
@@ -168,6 +169,18 @@ def publish_kept_encoders(epochs: tuple[int, ...], ckpt_dir: Path, out_dir: Path
         link_or_copy(src, out_dir / KEPT_ENCODER.format(epoch))
 
 
+def resume(s: Setup, state: dict[str, Any], path: Path) -> None:
+    """Load a checkpoint's states into the run; tensors that do not fit are one line."""
+    try:
+        s.method.load_state_dict(state["method"])
+        s.optimizer.load_state_dict(state["optimizer"])
+        ckpt.restore_rng(state["rng"], s.gens)
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise UserError(f"{path}: does not fit this run ({reason}); delete it to start "
+                        f"afresh") from None
+
+
 def pretrain(cfg: RunConfig, out_dir: Path, ckpt_dir: Path, metrics_path: Path, progress: bool = True) -> dict[str, Any]:
     """Pretrain ``cfg.method`` on ``cfg.dataset``; write the encoder, DVCLive curves and a summary."""
     from mnclglf.train.logger import EpochLogger
@@ -183,16 +196,18 @@ def pretrain(cfg: RunConfig, out_dir: Path, ckpt_dir: Path, metrics_path: Path, 
     total = steps_per_epoch * cfg.pretrain.epochs
     fingerprint = ckpt.fingerprint(to_dict(cfg))
     ckpt_path = ckpt_dir / CHECKPOINT_FILE
-    state = ckpt.load_if_matching(ckpt_path, fingerprint)
+    remove_temporaries(ckpt_dir)  # a write cut short by a kill
+    state, note = ckpt.load_if_matching(ckpt_path, fingerprint)
     epoch0, history, init_std = 0, [], None
     if state is None:  # a fresh start: no kept encoder of an earlier configuration may be published
         for stale in ckpt_dir.glob(KEPT_ENCODER.format("*")):
             stale.unlink()
     else:
-        s.method.load_state_dict(state["method"])
-        s.optimizer.load_state_dict(state["optimizer"])
-        ckpt.restore_rng(state["rng"], s.gens)
+        resume(s, state, ckpt_path)
         epoch0, history, init_std = state["epoch"], state["history"], state["init_std"]
+    if note:  # after the states loaded: a checkpoint that does not fit is one error line, not two
+        announce(note)
+    last_good = epoch0 or None
     logger = EpochLogger(out_dir / "live", history)
     if init_std is None and total:
         init_std = initial_embedding_std(s, bs)
@@ -208,8 +223,11 @@ def pretrain(cfg: RunConfig, out_dir: Path, ckpt_dir: Path, metrics_path: Path, 
                      "lr": cosine_lr(epoch * steps_per_epoch - 1, total, cfg.pretrain.lr, cfg.pretrain.final_lr,
                                      cfg.pretrain.warmup_steps),
                      "images_per_s": steps_per_epoch * bs / dt}
-            if entry["loss"] != entry["loss"]:
-                raise UserError(f"pretraining {cfg.method} on {cfg.dataset} diverged: loss is NaN at epoch {epoch}")
+            if not math.isfinite(entry["loss"]):
+                kept = (f"the last good checkpoint, {ckpt_path} (epoch {last_good}), is left as it "
+                        f"was" if last_good else "no checkpoint was written before it")
+                raise DivergedError(f"pretraining {cfg.method} on {cfg.dataset} diverged: loss is "
+                                    f"{entry['loss']} at epoch {epoch}; {kept}")
             history.append(entry)
             logger.log(entry)
             pbar.update(task, status=f"loss {entry['loss']:.3f}")
@@ -221,8 +239,10 @@ def pretrain(cfg: RunConfig, out_dir: Path, ckpt_dir: Path, metrics_path: Path, 
                     "fingerprint": fingerprint, "epoch": epoch, "history": history, "init_std": init_std,
                     "method": s.method.state_dict(), "optimizer": s.optimizer.state_dict(),
                     "rng": ckpt.rng_state(s.gens),
-                })
+                }, keep_previous=True)
+                last_good = epoch
     logger.close()
+    ckpt.drop_previous(ckpt_path)
     publish_kept_encoders(cfg.pretrain.keep_epochs, ckpt_dir, out_dir)
     ckpt.save(out_dir / ENCODER_FILE, encoder_payload(cfg, s.method.backbone, cfg.pretrain.epochs, s.mean_std, int(s.images.shape[-1])))
     stds = [h["embedding_std"] for h in history if "embedding_std" in h]

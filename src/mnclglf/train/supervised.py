@@ -36,7 +36,7 @@ EVAL_BATCH = 1024
 
 def trained_head(cfg: RunConfig, ckpt_dir: Path, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
     """The linear head of the final checkpoint of ``cfg``'s run, and the last epoch's logged row."""
-    state = ckpt.load_if_matching(ckpt_dir / CHECKPOINT_FILE, ckpt.fingerprint(to_dict(cfg)))
+    state, _ = ckpt.load_if_matching(ckpt_dir / CHECKPOINT_FILE, ckpt.fingerprint(to_dict(cfg)))
     if state is None or state["epoch"] != cfg.pretrain.epochs:
         raise UserError(f"{ckpt_dir / CHECKPOINT_FILE}: no final checkpoint of this supervised run")
     method = build_method(cfg, num_classes)
