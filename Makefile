@@ -35,7 +35,7 @@ export GPUS
 
 smoke: install
 	$(BIN)/mnclglf doctor --profile smoke --no-bench
-	$(BIN)/mnclglf lanes tabulate-smoke --jobs $(JOBS)
+	$(BIN)/mnclglf lanes --target tabulate-smoke --jobs $(JOBS)
 	@echo "Tables 3-6 on the bundled digits data: results/smoke/table3.md ... table6.md, results/smoke/summary.md, plots in results/smoke/plots/"
 
 # The doctor first: a machine that cannot run the paper profile well (no usable CUDA GPU, too

@@ -14,8 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import yaml
-from test_lanes import SRC, synthetic_dvc_yaml
+from test_lanes import SRC, make_project
 
 REPO = Path(__file__).resolve().parents[1]
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "sinfo")
@@ -23,9 +22,9 @@ missing = [d for d in DAEMONS if not shutil.which(d) and not Path("/usr/sbin", d
 
 pytestmark = [
     pytest.mark.slurm,
-    pytest.mark.skipif(bool(missing), reason=f"no Slurm here (missing {', '.join(missing)}; apt-get install "
-                                             "slurmctld slurmd slurm-client munge)"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="the test starts munged and slurmd, which needs root"),
+    pytest.mark.skipif(bool(missing), reason=f"no Slurm here (missing {', '.join(missing)}; "
+                       "apt-get install slurmctld slurmd slurm-client munge)"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="the test starts munged and slurmd: needs root"),
 ]
 
 
@@ -44,23 +43,24 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
 def submit(project: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     env = {**env, "WAIT": "1", "MNCLGLF": f"{sys.executable} -m mnclglf", "DVC_NO_ANALYTICS": "1",
            "PYTHONPATH": f"{SRC}{os.pathsep}{env.get('PYTHONPATH', '')}"}
-    return subprocess.run(["scripts/slurm/submit.sh", "table"], cwd=project, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(["scripts/slurm/submit.sh", "table"], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=600)
 
 
-def test_submit_fails_one_chain_then_resubmission_finishes(cluster: dict[str, str], tmp_path: Path) -> None:
+def test_submit_fails_one_chain_then_resubmission_finishes(cluster: dict[str, str],
+                                                           tmp_path: Path) -> None:
     project = tmp_path / "tree"
     (project / "scripts" / "slurm").mkdir(parents=True)
-    shutil.copy(REPO / "scripts" / "slurm" / "submit.sh", project / "scripts" / "slurm" / "submit.sh")
-    subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "--no-scm", "-q"], cwd=project, check=True)
-    (project / "dvc.yaml").write_text(yaml.safe_dump(synthetic_dvc_yaml(), sort_keys=False))
+    shutil.copy(REPO / "scripts" / "slurm" / "submit.sh", project / "scripts" / "slurm")
+    make_project(project)
     (project / "kill-b").touch()
     first = submit(project, cluster)
     assert first.returncode == 1, first.stdout + first.stderr
     assert "(array 0,1,2)" in first.stdout and "CANCELLED" in first.stderr
     assert (project / "eval-a.txt").exists() and (project / "eval-c.txt").exists()
     assert not (project / "table.txt").exists()
-    assert {(project / f"train-{r}.txt").read_text().strip() for r in "ac"} <= {"0", "1"}  # the gres GPUs
+    gpus = {(project / f"train-{r}.txt").read_text().strip() for r in "ac"}
+    assert gpus <= {"0", "1"}  # the fake gres's GPUs, as Slurm sets them
     (project / "kill-b").unlink()
     second = submit(project, cluster)
     assert second.returncode == 0, second.stdout + second.stderr

@@ -19,22 +19,27 @@ read -r -a common <<<"${SBATCH_ARGS:-}"
 read -r -a chain_args <<<"${CHAIN_ARGS:-}"
 logs=.dvc/tmp/lanes/slurm
 mkdir -p "$logs"
-targets=$(printf '%q ' "$@")
+targets=()
+for t in "$@"; do targets+=(--target "$t"); done
+plan=$logs/plan.json  # the array's jobs read the chains from this file
 
-todo=$("${mnclglf[@]}" lanes "$@" --step plan)
+todo=$("${mnclglf[@]}" lanes "${targets[@]}" --step plan --plan "$plan")
 prep=$(sbatch --parsable --job-name=mnclglf-prep --output="$logs/prep-%j.out" "${common[@]}" \
-    --wrap "$MNCLGLF lanes $targets --step shared")
+    --wrap "$MNCLGLF lanes ${targets[*]} --step shared --plan $plan.shared")
 after=$prep
 if [[ -n $todo ]]; then
-    chains=$(sbatch --parsable --job-name=mnclglf-chain --array="$todo${MAX_PARALLEL:+%$MAX_PARALLEL}" \
+    chains=$(sbatch --parsable --job-name=mnclglf-chain \
+        --array="$todo${MAX_PARALLEL:+%$MAX_PARALLEL}" \
         --gres="$GRES" --dependency="afterok:$prep" --kill-on-invalid-dep=yes \
         --output="$logs/chain-%A_%a.out" "${common[@]}" "${chain_args[@]}" \
-        --wrap "$MNCLGLF lanes --step chain --index \$SLURM_ARRAY_TASK_ID")
+        --wrap "$MNCLGLF lanes --step chain --plan $plan --index \$SLURM_ARRAY_TASK_ID")
     after=$chains
 fi
-final=$(sbatch --parsable --job-name=mnclglf-tabulate --dependency="afterok:$after" --kill-on-invalid-dep=yes \
-    --output="$logs/tabulate-%j.out" "${common[@]}" --wrap "$MNCLGLF lanes --step final")
-echo "submitted: prep $prep, chains ${chains:-none} (array ${todo:-empty}), tabulate $final; logs in $logs/"
+final=$(sbatch --parsable --job-name=mnclglf-tabulate --dependency="afterok:$after" \
+    --kill-on-invalid-dep=yes --output="$logs/tabulate-%j.out" "${common[@]}" \
+    --wrap "$MNCLGLF lanes --step final --plan $plan")
+echo "submitted: prep $prep, chains ${chains:-none} (array ${todo:-empty}), tabulate $final"
+echo "logs in $logs/"
 
 [[ ${WAIT:-0} == 1 ]] || exit 0
 # `sbatch --wait` would return 0 for a job cancelled by a failed dependency: poll its JobState.
@@ -43,6 +48,9 @@ while true; do
     case $state in
     COMPLETED) exit 0 ;;
     PENDING | RUNNING | CONFIGURING | COMPLETING | SUSPENDED | "") sleep 2 ;;
-    *) echo "tabulate job $final: $state; \`mnclglf status\` and $logs/ say which chain failed" >&2; exit 1 ;;
+    *)
+        echo "tabulate job $final: $state; \`mnclglf status\` and $logs/ say which chain failed" >&2
+        exit 1
+        ;;
     esac
 done

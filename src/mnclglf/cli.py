@@ -16,6 +16,7 @@ import click
 from mnclglf import config, paths
 from mnclglf.errors import UserError
 from mnclglf.lanes import lanes_command
+from mnclglf.status import status_command
 from mnclglf.report.summary import report_command
 from mnclglf.report.verify import verify_command
 
@@ -217,6 +218,7 @@ def fidelity(dataset: str, markdown: bool, effects: bool, params_file: str) -> N
 main.add_command(verify_command)
 main.add_command(report_command)
 main.add_command(lanes_command)
+main.add_command(status_command)
 
 
 @main.command()

@@ -62,15 +62,19 @@ class Plan:
         return cls(**json.loads(path.read_text()))
 
 
-def stage_graph(root: Path = Path(".")) -> tuple[dict[str, set[str]], dict[str, str]]:
-    """``{stage: stages it depends on}`` and ``{stage: cmd}`` from DVC's own index."""
+Graph = tuple[dict[str, set[str]], dict[str, str], dict[str, list[str]]]
+
+
+def stage_graph(root: Path = Path(".")) -> Graph:
+    """Each stage's upstream stages, cmd and outputs, from DVC's own index."""
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
         deps = {s.addressing: {d.addressing for d in graph.successors(s)} for s in graph.nodes}
         cmds = {s.addressing: str(getattr(s, "cmd", "") or "") for s in graph.nodes}
-    return deps, cmds
+        outs = {s.addressing: [str(o.def_path) for o in s.outs] for s in graph.nodes}
+    return deps, cmds, outs
 
 
 def _closure(start: set[str], edges: dict[str, set[str]]) -> set[str]:
@@ -94,7 +98,8 @@ def _topological(names: set[str], deps: dict[str, set[str]]) -> list[str]:
     return done
 
 
-def _pieces(names: set[str], deps: dict[str, set[str]], users: dict[str, set[str]]) -> list[set[str]]:
+def _pieces(names: set[str], deps: dict[str, set[str]],
+            users: dict[str, set[str]]) -> list[set[str]]:
     """The weakly connected components of the subgraph on ``names``."""
     out, seen = [], set()
     for n in sorted(names):
@@ -124,7 +129,8 @@ def _decompose(piece: set[str], deps: dict[str, set[str]], users: dict[str, set[
     return [piece]
 
 
-def split(deps: dict[str, set[str]], targets: list[str] | None = None) -> tuple[list[str], list[list[str]], list[str]]:
+def split(deps: dict[str, set[str]],
+          targets: list[str] | None = None) -> tuple[list[str], list[list[str]], list[str]]:
     """Shared, chains and final stages of what ``targets`` (default: every sink) need."""
     users: dict[str, set[str]] = {n: set() for n in deps}
     for n, ds in deps.items():
@@ -150,7 +156,8 @@ def _gflop_table() -> dict[tuple[str, int], float]:
     return {(r["config"]["run"], int(r["config"]["h"])): r["flops_per_image"] / 1e9 for r in runs}
 
 
-def chain_cost(chain: list[str], cmds: dict[str, str], gflop: dict[tuple[str, int], float]) -> float:
+def chain_cost(chain: list[str], cmds: dict[str, str],
+               gflop: dict[tuple[str, int], float]) -> float:
     """Relative cost of a chain: its costliest run's GFLOP/image × images/epoch (bench figures).
 
     Only the order matters: TinyImageNet and the 224-px released runs come before CIFAR,
@@ -169,15 +176,18 @@ def chain_cost(chain: list[str], cmds: dict[str, str], gflop: dict[tuple[str, in
 
 
 def make_plan(targets: list[str] | None, lanes: list[str], root: Path = Path(".")) -> Plan:
-    deps, cmds = stage_graph(root)
+    deps, cmds, _ = stage_graph(root)
     shared, chains, final = split(deps, targets)
+    return Plan(shared, longest_first(chains, cmds), final, lanes)
+
+
+def longest_first(chains: list[list[str]], cmds: dict[str, str]) -> list[list[str]]:
     gflop = _gflop_table()
-    chains.sort(key=lambda c: (-chain_cost(c, cmds, gflop), c[0]))
-    return Plan(shared, chains, final, lanes)
+    return sorted(chains, key=lambda c: (-chain_cost(c, cmds, gflop), c[0]))
 
 
 def default_lanes(jobs: int | None, gpus: str | None) -> list[str]:
-    """GPU ids from ``gpus`` (``0,3,5``), else the visible GPUs; ``jobs`` CPU lanes when given or none."""
+    """GPU ids from ``gpus`` (``0,3,5``); else ``jobs`` CPU lanes; else the visible GPUs."""
     if gpus:
         return [g.strip() for g in gpus.split(",") if g.strip()]
     if jobs:
@@ -207,7 +217,7 @@ def _acquire_lane(plan: Plan) -> tuple[Any, str | None]:
         return None, None
     while True:
         for i, lane in enumerate(plan.lanes):
-            handle = open(LANES_DIR / f"lane-{i}.lock", "w")  # noqa: SIM115 (held while the chain runs)
+            handle = open(LANES_DIR / f"lane-{i}.lock", "w")  # noqa: SIM115 (held during the chain)
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return handle, lane
@@ -218,7 +228,8 @@ def _acquire_lane(plan: Plan) -> tuple[Any, str | None]:
 
 def failure_reason(log: Path, lines: int = 3) -> str:
     """The ``error:`` line of a failed chain's log, else its last non-empty lines."""
-    text = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()] if log.exists() else []
+    lines_all = log.read_text(errors="replace").splitlines() if log.exists() else []
+    text = [ln.strip() for ln in lines_all if ln.strip()]
     errors = [ln for ln in text if ln.startswith(("error:", "ERROR:"))]
     return " | ".join(errors[-2:] or text[-lines:]) or "no output"
 
@@ -231,8 +242,8 @@ def run_chain(plan: Plan, index: int) -> int:
     env = dict(os.environ)
     if lane:
         env["CUDA_VISIBLE_DEVICES"] = lane
-    record: dict[str, Any] = {"chain": chain, "lane": lane, "pid": os.getpid(), "start": time.time(),
-                              "state": "running"}
+    record: dict[str, Any] = {"chain": chain, "lane": lane, "pid": os.getpid(),
+                              "start": time.time(), "state": "running"}
     status_path(chain).write_text(json.dumps(record) + "\n")
     log = LANES_DIR / f"chain-{chain[0]}.log"
     with open(log, "w") as out:
@@ -244,14 +255,19 @@ def run_chain(plan: Plan, index: int) -> int:
     status_path(chain).write_text(json.dumps(record) + "\n")
     if handle is not None:
         handle.close()
-    print(f"{'done' if rc == 0 else 'FAILED'}: {' -> '.join(chain)}" + (f" (lane {lane})" if lane else ""),
-          flush=True)
+    where = f" (lane {lane})" if lane else ""
+    print(f"{'done' if rc == 0 else 'FAILED'}: {' -> '.join(chain)}{where}", flush=True)
     return rc
 
 
 def write_makefile(plan: Plan, plan_file: Path) -> Path:
-    """One target per chain, longest first: ``make -k -j <lanes>`` is the process pool."""
-    run = f"{shlex.quote(sys.executable)} -m mnclglf.lanes {shlex.quote(str(plan_file))}"
+    """One target per chain, longest first: ``make -k -j <lanes>`` is the process pool.
+
+    The recipes read a copy of the plan of their own, which no later ``--step plan`` rewrites.
+    """
+    own = plan_file.with_name(f"make-{plan_file.name}")
+    plan.save(own)
+    run = f"{shlex.quote(sys.executable)} -m mnclglf.lanes {shlex.quote(str(own))}"
     names = [f"chain{i}" for i in range(len(plan.chains))]
     lines = ["# generated by mnclglf lanes: one target per chain of the DVC graph, longest first",
              f".PHONY: all {' '.join(names)}", f"all: {' '.join(names)}", ""]
@@ -263,9 +279,10 @@ def write_makefile(plan: Plan, plan_file: Path) -> Path:
 
 
 def pending(plan: Plan) -> list[int]:
-    """Indices of the chains with a stage that is not up to date (``dvc status``; all if it fails)."""
+    """Indices of the chains with a stage not up to date (``dvc status``; all if that fails)."""
     stages = [s for chain in plan.chains for s in chain]
-    done = subprocess.run([_dvc(), "--wait-for-lock", "status", "--json", *stages], capture_output=True, text=True)
+    done = subprocess.run([_dvc(), "--wait-for-lock", "status", "--json", *stages],
+                          capture_output=True, text=True)
     try:
         changed = set(json.loads(done.stdout)) if done.returncode == 0 else set(stages)
     except ValueError:
@@ -295,8 +312,9 @@ def run_final(plan: Plan) -> None:
     failed = failures(plan)
     if failed:
         lines = [f"  {' -> '.join(chain)}: {why}" for chain, why in failed]
-        raise UserError(f"{len(failed)} of {len(plan.chains)} chains did not finish (logs in {LANES_DIR}/; "
-                        "run the same command again to resume):\n" + "\n".join(lines))
+        raise UserError(f"{len(failed)} of {len(plan.chains)} chains did not finish (logs in "
+                        f"{LANES_DIR}/; run the same command again to resume):\n"
+                        + "\n".join(lines))
     _dvc_repro(plan.final)
 
 
@@ -307,7 +325,8 @@ def run_all(plan: Plan, plan_file: Path) -> None:
     jobs = max(1, len(plan.lanes))
     print(f"lanes: {len(plan.chains)} chains on {jobs} lane(s) "
           f"({', '.join(f'GPU {g}' if g else 'CPU' for g in plan.lanes)})", flush=True)
-    subprocess.call(["make", "--no-print-directory", "-k", f"-j{jobs}", "-f", str(makefile)], env=env)
+    subprocess.call(["make", "--no-print-directory", "-k", f"-j{jobs}", "-f", str(makefile)],
+                    env=env)
     run_final(plan)
 
 
@@ -315,17 +334,22 @@ STEPS = ("all", "plan", "shared", "chain", "final")
 
 
 @click.command("lanes")
-@click.argument("targets", nargs=-1)
+@click.option("--target", "targets", multiple=True, metavar="STAGE",
+              help="A stage to reproduce with what it needs (repeatable); default: every stage.")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
               help="CPU lanes; default: one lane per visible GPU.")
-@click.option("--gpus", default=None, envvar="GPUS", help="GPU ids, one lane each, e.g. 0,3,5 (env GPUS).")
+@click.option("--gpus", default=None, envvar="GPUS",
+              help="GPU ids, one lane each, e.g. 0,3,5 (env GPUS).")
 @click.option("--step", type=click.Choice(STEPS), default="all", show_default=True,
-              help="all: shared, chains, final. plan/shared/chain/final: one part (the Slurm jobs).")
-@click.option("--index", type=int, default=None, help="--step chain: which chain of the saved plan.")
+              help="all: shared, chains, final. plan/shared/chain/final: one part (Slurm's jobs).")
+@click.option("--index", type=int, default=None,
+              help="--step chain: which chain of the saved plan.")
+@click.option("--plan", "plan_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=LANES_DIR / "plan.json", show_default=True,
+              help="Where the plan is saved (and read by --step chain/final).")
 def lanes_command(targets: tuple[str, ...], jobs: int | None, gpus: str | None, step: str,
-                  index: int | None) -> None:
-    """Run the DVC pipeline (default: every stage; or TARGETS and what they need) in parallel lanes."""
-    plan_file = LANES_DIR / "plan.json"
+                  index: int | None, plan_file: Path) -> None:
+    """Run the DVC pipeline (every stage, or the targets and what they need) in parallel lanes."""
     if step in ("chain", "final"):
         if not plan_file.exists():
             raise UserError(f"{plan_file}: no saved plan (run `mnclglf lanes --step plan` first)")
@@ -342,8 +366,8 @@ def lanes_command(targets: tuple[str, ...], jobs: int | None, gpus: str | None, 
     plan.save(plan_file)
     if step == "plan":
         todo = pending(plan)
-        click.echo(f"{len(plan.chains)} chains after {len(plan.shared)} shared stages, {len(todo)} to run; "
-                   f"plan in {plan_file}", err=True)
+        click.echo(f"{len(plan.chains)} chains after {len(plan.shared)} shared stages, "
+                   f"{len(todo)} to run; plan in {plan_file}", err=True)
         click.echo(",".join(map(str, todo)))
     elif step == "shared":
         _dvc_repro(plan.shared)

@@ -10,7 +10,10 @@ cmd=${1:?start|stop}
 dir=$(realpath -m "${2:?DIR}")
 GPUS=${LOCAL_SLURM_GPUS:-2}
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])'
+}
 
 write_conf() {
     local ctld_port slurmd_port
@@ -58,14 +61,17 @@ start() {
     chmod 400 "$dir/munge/munge.key"
     local m
     m=$(realpath "$dir/munge")
-    runuser -u munge -- munged --key-file="$m/munge.key" --socket="$m/munge.sock" --pid-file="$m/munged.pid" \
-        --log-file="$m/munged.log" --seed-file="$m/munged.seed" --force
+    runuser -u munge -- munged --key-file="$m/munge.key" --socket="$m/munge.sock" \
+        --pid-file="$m/munged.pid" --log-file="$m/munged.log" --seed-file="$m/munged.seed" --force
     write_conf
     export SLURM_CONF=$dir/slurm.conf
     slurmctld -c -f "$SLURM_CONF"
     slurmd -f "$SLURM_CONF" -N localhost
     for _ in $(seq 60); do
-        if sinfo -h -o %T 2>/dev/null | grep -qx idle; then echo "slurm up: export SLURM_CONF=$SLURM_CONF"; return; fi
+        if sinfo -h -o %T 2>/dev/null | grep -qx idle; then
+            echo "slurm up: export SLURM_CONF=$SLURM_CONF"
+            return
+        fi
         sleep 0.5
     done
     echo "slurm did not come up; logs in $dir/log, $dir/munge" >&2

@@ -33,8 +33,9 @@ TEMPERATURE = 0.1
 
 
 @torch.no_grad()
-def knn_top1(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
-             num_classes: int, k: int = K, t: float = TEMPERATURE, chunk: int = 1024) -> float:
+def knn_top1(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor,
+             test_y: torch.Tensor, num_classes: int, k: int = K, t: float = TEMPERATURE,
+             chunk: int = 1024) -> float:
     """Top-1 (percent) of the weighted k-NN vote of ``test_f`` against ``train_f``."""
     train_f, test_f = F.normalize(train_f.float(), dim=1), F.normalize(test_f.float(), dim=1)
     k = min(k, train_f.shape[0])
@@ -51,7 +52,8 @@ class KnnMonitor:
     """The monitor of one run; ``measure`` returns the entries to add to an epoch's log row."""
 
     def __init__(self, every: int, epochs: int, train: tuple[torch.Tensor, torch.Tensor],
-                 test: tuple[torch.Tensor, torch.Tensor], transform: EvalTransform, num_classes: int) -> None:
+                 test: tuple[torch.Tensor, torch.Tensor], transform: EvalTransform,
+                 num_classes: int) -> None:
         self.every, self.epochs, self.num_classes = every, epochs, num_classes
         self.train, self.test, self.transform = train, test, transform
 
