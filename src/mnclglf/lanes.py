@@ -227,8 +227,9 @@ def _acquire_lane(plan: Plan) -> tuple[Any, str | None]:
 
 
 def failure_reason(log: Path, lines: int = 3) -> str:
-    """The ``error:`` line of a failed chain's log, else its last non-empty lines."""
-    lines_all = log.read_text(errors="replace").splitlines() if log.exists() else []
+    """The ``error:`` line of the last attempt in a chain's log, else its last non-empty lines."""
+    attempts = log.read_text(errors="replace").split("\n=== ") if log.exists() else [""]
+    lines_all = attempts[-1].splitlines()
     text = [ln.strip() for ln in lines_all if ln.strip()]
     errors = [ln for ln in text if ln.startswith(("error:", "ERROR:"))]
     return " | ".join(errors[-2:] or text[-lines:]) or "no output"
@@ -246,7 +247,9 @@ def run_chain(plan: Plan, index: int) -> int:
                               "start": time.time(), "state": "running"}
     status_path(chain).write_text(json.dumps(record) + "\n")
     log = LANES_DIR / f"chain-{chain[0]}.log"
-    with open(log, "w") as out:
+    with open(log, "a") as out:  # every attempt, so a rerun keeps why the last one failed
+        out.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} lane {lane or 'cpu'} pid {os.getpid()}\n")
+        out.flush()
         rc = subprocess.call([_dvc(), "--wait-for-lock", "repro", "--single-item", *chain], env=env,
                              stdout=out, stderr=subprocess.STDOUT)
     record.update(state="done" if rc == 0 else "failed", rc=rc, end=time.time())
@@ -303,7 +306,7 @@ def failures(plan: Plan) -> list[tuple[list[str], str]]:
 
 
 def _dvc_repro(stages: list[str]) -> None:
-    if stages and subprocess.call([_dvc(), "repro", *stages]) != 0:
+    if stages and subprocess.call([_dvc(), "--wait-for-lock", "repro", *stages]) != 0:
         raise UserError(f"dvc repro {' '.join(stages)} failed (its output is above)")
 
 
