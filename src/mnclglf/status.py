@@ -79,8 +79,8 @@ def total_epochs(cmd: str, raw: dict[str, Any]) -> tuple[int | None, int | None]
     found = dict(re.findall(r"--(dataset|method|run) (\S+)", cmd))
     dataset, run = found.get("dataset"), found.get("run") or found.get("method") or "supervised"
     kind = words[1] if len(words) > 1 and words[0] == "mnclglf" else ""
-    if not dataset or run == "random-init" or "--kept-epochs" in words or kind not in (
-            "pretrain", "supervised", "linear-eval"):
+    if not dataset or (kind, run) == ("pretrain", "random-init") or "--kept-epochs" in words \
+            or kind not in ("pretrain", "supervised", "linear-eval"):
         return None, None
     try:
         if kind == "linear-eval":
