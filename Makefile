@@ -26,10 +26,11 @@ test: install
 	$(BIN)/python -m pytest -q
 
 # The smoke pipeline in JOBS single-threaded CPU lanes (params `threads: 1`), then the tables;
-# `make all` in one lane per visible GPU (GPUS=0,3,5 to choose). `mnclglf lanes` (src/mnclglf/lanes.py)
-# reads the stage graph from DVC, runs the shared stages (download), then the independent chains
-# (pretrain -> linear-eval ...) longest first by `make -k -j`, each lane pinned to its GPU; a
-# failed chain stops only itself, and the same command again resumes. Logs: .dvc/tmp/lanes/.
+# `make all` in one lane per visible GPU (GPUS=0,3,5 to choose). `mnclglf lanes`
+# (src/mnclglf/lanes.py) reads the stage graph from DVC, runs the shared stages (download),
+# then the independent chains (pretrain -> linear-eval ...) longest first by `make -k -j`,
+# each lane pinned to its GPU; a failed chain stops only itself, and the same command again
+# resumes. Logs: .dvc/tmp/lanes/.
 JOBS ?= 2
 export GPUS
 

@@ -49,4 +49,4 @@ def digits_root(tiny_raw: dict[str, Any]) -> Path:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slurm: needs Slurm and munge (CI runs these as their own step)")
+    config.addinivalue_line("markers", "slurm: needs Slurm and munge (a CI step of its own)")
