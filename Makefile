@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha25
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install test smoke smoke-lane-table3 smoke-lane-ablations all gpu-check plan docker docker-run clean-smoke
+.PHONY: install test smoke all gpu-check plan docker docker-run clean-smoke
 
 install: $(STAMP)
 
@@ -25,33 +25,26 @@ $(STAMP):
 test: install
 	$(BIN)/python -m pytest -q
 
-# The smoke pipeline in two lanes on two cores (each run single-threaded: params `threads: 1`),
-# then the tables. DVC holds its repository lock only between commands, so two `dvc repro`
-# of disjoint stages run side by side. Each lane lists its stages in order and skips the
-# upstream check (--single-item): the shared stages (data, random init) ran before, and a
-# lane checking them would need the other lane's read lock. `dvc repro tabulate-smoke` alone
-# does the same work in series, and runs last here to check that everything is up to date.
-SMOKE_LANE_TABLE3 := --single-item --glob 'pretrain@digits-*' 'supervised@digits' 'pretrain-one@digits' \
-	'linear-eval@digits-*' 'linear-eval-one@digits' 'linear-eval-epochs@digits-*'
-SMOKE_LANE_ABLATIONS := --single-item --glob 'pretrain-lam@digits-*' 'pretrain-k@digits-*' \
-	'linear-eval-lam@digits-*' 'linear-eval-k@digits-*'
+# The smoke pipeline in JOBS single-threaded CPU lanes (params `threads: 1`), then the tables;
+# `make all` in one lane per visible GPU (GPUS=0,3,5 to choose). `mnclglf lanes`
+# (src/mnclglf/lanes.py) reads the stage graph from DVC, runs the shared stages (download),
+# then the independent chains (pretrain -> linear-eval ...) longest first by `make -k -j`,
+# each lane pinned to its GPU; a failed chain stops only itself, and the same command again
+# resumes. Logs: .dvc/tmp/lanes/.
+JOBS ?= 2
+export GPUS
 
 smoke: install
 	$(BIN)/mnclglf doctor --profile smoke --no-bench
-	$(BIN)/dvc repro download@digits init@digits
-	$(MAKE) --no-print-directory -j2 smoke-lane-table3 smoke-lane-ablations
-	$(BIN)/dvc repro tabulate-smoke
+	$(BIN)/mnclglf lanes --target tabulate-smoke --jobs $(JOBS)
 	@echo "Tables 3-6 on the bundled digits data: results/smoke/table3.md ... table6.md, results/smoke/summary.md, plots in results/smoke/plots/"
 	@cat results/smoke/claims.md
-
-smoke-lane-table3 smoke-lane-ablations: install
-	$(BIN)/dvc --wait-for-lock repro $(if $(filter smoke-lane-table3,$@),$(SMOKE_LANE_TABLE3),$(SMOKE_LANE_ABLATIONS))
 
 # The doctor first: a machine that cannot run the paper profile well (no usable CUDA GPU, too
 # little disk, a folder it cannot write) stops here with what to fix, not weeks later.
 all: install
 	$(BIN)/mnclglf doctor --profile paper
-	$(BIN)/dvc repro
+	$(BIN)/mnclglf lanes
 
 # A reviewer's first GPU hour (README "What each budget buys"): the doctor prints the estimate
 # (projected from docs/RESOURCES.md, and timed on this GPU) before anything runs; then the runs
@@ -59,7 +52,7 @@ all: install
 .PHONY: quick
 quick: install
 	$(BIN)/mnclglf doctor --profile quick
-	$(BIN)/dvc repro tabulate-quick
+	$(BIN)/mnclglf lanes --target tabulate-quick
 	@cat results/quick/claims.md
 
 # One GPU's proof in at most 8 minutes (scripts/gpu_check.py): doctor, the bench of every method

@@ -68,3 +68,7 @@ def digits_root(tiny_raw: dict[str, Any]) -> Path:
 
     prepare_digits(tiny_raw["data_root"], size=8)
     return Path(tiny_raw["data_root"])
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slurm: needs Slurm and munge (a CI step of its own)")

@@ -496,7 +496,7 @@ def test_entrypoint_state_first_run_resume_and_update(image_copy: Path, tmp_path
     res = _entrypoint(tree, state, "make", "-n", "all")
     assert res.returncode == 0, res.stderr
     assert "copied the image's source" in res.stderr
-    assert ".venv/bin/dvc repro" in res.stdout and "pip install" not in res.stdout, res.stdout
+    assert ".venv/bin/mnclglf lanes" in res.stdout and "pip install" not in res.stdout, res.stdout
     for rel in ("src/mnclglf/cli.py", "params.yaml", "dvc.yaml", "Makefile", "results/paper.yaml", "dvc.lock",
                 "scripts/docker-entrypoint.sh"):
         assert (state / rel).read_bytes() == (tree / rel).read_bytes(), rel

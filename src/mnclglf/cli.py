@@ -20,6 +20,8 @@ import click
 
 from mnclglf import config, paths
 from mnclglf.errors import EXIT_DIVERGED, EXIT_USER_ERROR, DivergedError, UserError
+from mnclglf.lanes import lanes_command
+from mnclglf.status import status_command
 from mnclglf.report.summary import report_command
 from mnclglf.report.verify import verify_command
 
@@ -225,6 +227,8 @@ def fidelity(dataset: str, markdown: bool, effects: bool, params_file: str) -> N
 # `verify` and `report` live beside the report code they wrap (importing them loads neither torch nor matplotlib).
 main.add_command(verify_command)
 main.add_command(report_command)
+main.add_command(lanes_command)
+main.add_command(status_command)
 
 
 @main.command()

@@ -178,6 +178,8 @@ class PretrainConfig:
     weight_decay: float = num(1e-4, ge=0)
     checkpoint_every: int = num(10, "epochs between checkpoints (and one at the end)", ge=1)
     keep_epochs: tuple[int, ...] = ()
+    knn_every: int = num(0, "epochs between online k-NN monitor runs (and one at the end); 0 = off",
+                         ge=0)
     device: str = pick("auto", ("auto", "cpu", "cuda"))
     threads: int = num(0, "CPU threads for torch; 0 = torch's default", ge=0)
     warmup_steps: int = num(0, "linear lr warm-up steps before the per-step cosine (released code: 2)", ge=0)

@@ -33,6 +33,7 @@ from mnclglf.models import ResNet18
 from mnclglf.paths import KEPT_ENCODER
 from mnclglf.train import checkpoint as ckpt
 from mnclglf.train.fast import applied, apply_speed, start_line
+from mnclglf.train.knn import KnnMonitor
 from mnclglf.train.env import batches, make_generator, pick_device, seed_everything
 from mnclglf.train.progress import announce, bar
 from mnclglf.train.schedule import cosine_lr, set_lr
@@ -211,6 +212,7 @@ def pretrain(cfg: RunConfig, out_dir: Path, ckpt_dir: Path, metrics_path: Path, 
     logger = EpochLogger(out_dir / "live", history)
     if init_std is None and total:
         init_std = initial_embedding_std(s, bs)
+    knn = KnnMonitor.for_run(s)
     start = time.perf_counter()
     with bar(progress) as pbar:
         task = pbar.add_task(f"pretrain {cfg.method}@{cfg.dataset}", total=total, completed=epoch0 * steps_per_epoch,
@@ -228,6 +230,8 @@ def pretrain(cfg: RunConfig, out_dir: Path, ckpt_dir: Path, metrics_path: Path, 
                         f"was" if last_good else "no checkpoint was written before it")
                 raise DivergedError(f"pretraining {cfg.method} on {cfg.dataset} diverged: loss is "
                                     f"{entry['loss']} at epoch {epoch}; {kept}")
+            if knn is not None:  # the online k-NN monitor, after the epoch's timing (train/knn.py)
+                entry.update(knn.measure(s.method.backbone, epoch))
             history.append(entry)
             logger.log(entry)
             pbar.update(task, status=f"loss {entry['loss']:.3f}")
