@@ -23,8 +23,9 @@ TINY: dict[str, Any] = {
 }
 
 
-# Groups `make test` leaves out (CI runs each as its own step): pytest -m faults / -m inductor.
+# Groups `make test` leaves out (CI runs each as its own step): pytest -m faults / inductor / slurm.
 SEPARATE_GROUPS = {
+    "slurm": "needs Slurm and munge, started as root (tests/slurm/local_cluster.sh); pytest -m slurm",
     "faults": "slow fault injection (SIGKILL and resume, two dvc repro at once); pytest -m faults",
     "inductor": "torch.compile with inductor, minutes on a cold compiler cache; pytest -m inductor",
 }
@@ -69,6 +70,3 @@ def digits_root(tiny_raw: dict[str, Any]) -> Path:
     prepare_digits(tiny_raw["data_root"], size=8)
     return Path(tiny_raw["data_root"])
 
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slurm: needs Slurm and munge (a CI step of its own)")
