@@ -100,6 +100,20 @@ def test_one_claim_per_table_held_not_decidable_not_held_missing(tmp_path: Path)
         assert f"**{verdict}**" in md
 
 
+def test_released_reading_is_read_for_the_local_features_claim(tmp_path: Path) -> None:
+    """The paper reading against the released one: a planted released run is found, not missing."""
+    metrics = build_tree(tmp_path / "m", seed_offsets=SEEDS)
+    jitter(metrics, 0.5)
+    for ds in ("cifar10", "cifar100", "tinyimagenet"):
+        for s, suffix in ((0, ""), (1, "-seed1"), (2, "-seed2")):
+            mn = json.loads((metrics / f"{ds}/mnclglf{suffix}/linear.json").read_text())
+            _write(metrics / ds / f"mnclglf-released{suffix}" / "linear.json",
+                   {**mn, "top1": mn["top1"] - 6 + 0.2 * s, "variant": "released"})
+    claim = by_id(_judge(metrics, tmp_path / "out", seeds=[0, 1, 2]))["t3-local-features"]
+    assert claim["verdict"] == "held", claim["evidence"]
+    assert all(c["b"].startswith("released/") and c["delta"] > 5 for c in claim["comparisons"])
+
+
 def test_several_seeds_inside_the_noise_are_not_decidable(tmp_path: Path) -> None:
     metrics = build_tree(tmp_path / "m", seed_offsets=SEEDS)
     jitter(metrics, 1.5, seed=3)

@@ -62,8 +62,9 @@ def _cells(metrics_root: Path | str, paper: dict[str, Any], claims: list[dict[st
         index = claimlib.short_cells(claims, datasets[0], int(short["epochs"]), list(short["runs"]))
         return fill(list(index.values()), metrics_root, None), index
     cells = collect(metrics_root, paper, list(datasets), ablation_dataset, seeds)
-    released = fill(list(claimlib.released_cells(list(datasets)).values()), metrics_root, seeds)
-    return cells, {claimlib.cell_key(c): c for c in [*cells, *released]}
+    released = claimlib.released_cells(list(datasets))  # keyed released/<dataset>/<key>, as claims.yaml
+    fill(list(released.values()), metrics_root, seeds)
+    return cells, {**{claimlib.cell_key(c): c for c in cells}, **released}
 
 
 def verify(metrics_root: Path | str, paper_path: Path | str, tolerance: float, profile: str = "paper", *,
