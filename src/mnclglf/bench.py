@@ -343,32 +343,33 @@ def flops_only(method: str = "mnclglf", variant: str = "paper", h: int = 32, cla
 
 
 # -- the benchmark ----------------------------------------------------------------------------------
-def run_bench(method: str = "mnclglf", variant: str = "paper", n: int = 50000, h: int = 32, w: int = 32,
-              classes: int = 10, batch_size: int | None = None, device: str | None = None, precision: str = "auto",
-              width: float = 1.0, steps: int | None = None, warmup: int | None = None,
-              params_path: str | Path | None = "params.yaml", *, threads: int = 0,
-              speed: dict[str, bool] | None = None, reference: bool = True, pil: bool = True,
-              aug_reps: int | None = None, pil_reps: int | None = None, pil_images: int | None = None,
-              flop_images: int | None = None, overrides: dict[str, Any] | None = None,
-              log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Benchmark one configuration; returns the result as a JSON-able dict (see the module docstring).
+@dataclasses.dataclass
+class BenchRun:
+    """What every phase of :func:`run_bench` shares: the training setup and the batches it steps on."""
 
-    ``device`` None picks CUDA when available; ``batch_size``/``steps``/``warmup`` None take the
-    device's defaults (``CPU_DEFAULTS``/``GPU_DEFAULTS``). ``speed`` sets keys of the ``speed``
-    section; ``overrides`` is deep-merged over the parameters (tests use it for tiny nets).
-    The step that counts the FLOPs also runs the step's code once (lazy initialisation) before
-    ``warmup`` more steps. It runs on the first ``flop_images`` images of a batch (default: the
-    whole batch on a GPU, 4 on the CPU, where a step of 64 full-width images takes half a minute):
-    per-image FLOPs do not depend on the batch size except for the N×N logits of the losses,
-    under 0.1% of a step. The per-image PIL pipelines are timed on ``pil_images`` of the batch
-    (default: all on a GPU, 16 on the CPU) and their times scaled to the batch; their reps are
-    interleaved with the batched augmentation's so that both see the same load.
-    """
-    from mnclglf.bench_reference import AlgorithmOne, check_supported
-    from mnclglf.data.augment import SSLAugment, make_normalizer
-    from mnclglf.train import fast, pretrain
+    s: Any                                # pretrain.Setup on synthetic data
+    cfg: config.RunConfig
+    device: torch.device
+    batches: list[torch.Tensor]           # one per step: the FLOP step, warm-up, timed steps
+    warmup: int
+    steps: int
+    batch_size: int
+    say: Callable[[str], None]
 
-    say = log or (lambda _msg: None)
+    @property
+    def total(self) -> int:
+        return len(self.batches)
+
+    def step(self, i: int) -> float:
+        """Seconds of the package's training step ``i`` (on batch ``1 + i``: batch 0 counts FLOPs)."""
+        from mnclglf.train import pretrain
+
+        return timed(lambda: pretrain.train_step(self.s, self.batches[1 + i], i, self.total), self.device)
+
+
+def bench_settings(n: int, h: int, w: int, batch_size: int | None, device: str | None, precision: str,
+                   steps: int | None, warmup: int | None) -> dict[str, Any]:
+    """The device and the timing knobs of a bench, its defaults filled in; bad values are UserErrors."""
     if precision not in PRECISIONS:
         raise UserError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     dev_name = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -377,58 +378,42 @@ def run_bench(method: str = "mnclglf", variant: str = "paper", n: int = 50000, h
     if dev_name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available")
     defaults = GPU_DEFAULTS if dev_name == "cuda" else CPU_DEFAULTS
-    batch_size = batch_size or defaults["batch_size"]
-    steps = defaults["steps"] if steps is None else steps
-    warmup = defaults["warmup"] if warmup is None else warmup
-    aug_reps = aug_reps or defaults["aug_reps"]
-    pil_reps = pil_reps or defaults["pil_reps"]
-    pil_images = min(batch_size, pil_images or defaults["pil_images"] or batch_size)
-    if steps < 1 or warmup < 0:
-        raise UserError(f"--steps {steps} / --warmup {warmup}: need steps >= 1 and warmup >= 0")
-    if batch_size > n:
-        raise UserError(f"--batch-size {batch_size}: larger than the {n} synthetic images")
+    out = {**defaults, "device": dev_name, "batch_size": batch_size or defaults["batch_size"],
+           "steps": defaults["steps"] if steps is None else steps,
+           "warmup": defaults["warmup"] if warmup is None else warmup}
+    if out["steps"] < 1 or out["warmup"] < 0:
+        raise UserError(f"--steps {out['steps']} / --warmup {out['warmup']}: need steps >= 1 and warmup >= 0")
+    if out["batch_size"] > n:
+        raise UserError(f"--batch-size {out['batch_size']}: larger than the {n} synthetic images")
     if h != w:
         raise UserError(f"--shape: square images only (H = W), got {h}×{w}")
-    cfg = bench_config(method, variant, h, batch_size, dev_name, precision, width, params_path, threads, speed,
-                       overrides)
-    torch_device = torch.device(dev_name)
-    load_start = load_avg()
-    t_start = time.perf_counter()
+    return out
 
-    # -- setup: the training path, on synthetic data ------------------------------------------------
-    rss0, maxrss0 = rss_bytes(), maxrss_bytes()
-    images, labels = synthetic(n, h, w, classes, torch_device, cfg.seed)
-    s = pretrain.setup(cfg, images, labels, classes)
-    fast.apply_speed(s)  # no-op where pretrain.setup already applied it
-    if torch_device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(torch_device)
-    order = torch.Generator().manual_seed(cfg.seed)
-    total = 1 + warmup + steps
-    batches = [torch.randint(0, n, (batch_size,), generator=order).to(torch_device) for _ in range(total)]
-    say(f"setup done in {time.perf_counter() - t_start:.1f}s; threads {torch.get_num_threads()}")
 
-    # -- FLOPs (eager class step + backward; also the first warm-up) ------------------------------
+def measure_first_steps(run: BenchRun, flop_images: int, rss0: int | None, maxrss0: int
+                        ) -> tuple[dict[str, int], str, float, dict[str, Any]]:
+    """FLOP count (also the first warm-up), warm-up, the sync-debug step and the first timed step.
+
+    Returns the FLOP counts, the host-sync verdict, the first step's seconds and the memory
+    figures: the RSS peak from after setup through the first timed step, and the step's own.
+    """
     rss_after_setup = rss_bytes()
-    whole = RssSampler().__enter__()  # the RSS peak from here to the end of the first timed step
+    whole = RssSampler().__enter__()
     t0 = time.perf_counter()
-    flop_images = min(batch_size, flop_images or defaults["flop_images"] or batch_size)
-    counts = count_step_flops(s, batches[0][:flop_images])
-    flops_step, flops_aug = counts["step"], counts["augment"]
-    say(f"FLOP count step: {time.perf_counter() - t0:.1f}s")
-
-    # -- warm-up, then the memory of a full step --------------------------------------------------
+    counts = count_step_flops(run.s, run.batches[0][:flop_images])
+    run.say(f"FLOP count step: {time.perf_counter() - t0:.1f}s")
     rss_before_steps = rss_bytes()
     with RssSampler() as sampler:
-        for i in range(warmup):
-            timed(lambda i=i: pretrain.train_step(s, batches[1 + i], i, total), torch_device)
-        host_sync = sync_debug_step(s, batches[1 + warmup], warmup, total)
-        say(f"sync-debug step: {host_sync}")
-        first = timed(lambda: pretrain.train_step(s, batches[1 + warmup], warmup, total), torch_device)
+        for i in range(run.warmup):
+            run.step(i)
+        host_sync = sync_debug_step(run.s, run.batches[1 + run.warmup], run.warmup, run.total)
+        run.say(f"sync-debug step: {host_sync}")
+        first = run.step(run.warmup)
     whole.__exit__()
     memory: dict[str, Any] = {}
-    if torch_device.type == "cuda":
-        memory["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(torch_device)
-        memory["cuda_max_reserved_bytes"] = torch.cuda.max_memory_reserved(torch_device)
+    if run.device.type == "cuda":
+        memory["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(run.device)
+        memory["cuda_max_reserved_bytes"] = torch.cuda.max_memory_reserved(run.device)
     memory.update({
         "rss_before_setup_bytes": rss0, "rss_after_setup_bytes": rss_after_setup,
         "rss_peak_bytes": whole.peak,  # from after setup through the FLOP step, warm-up and first step
@@ -438,54 +423,64 @@ def run_bench(method: str = "mnclglf", variant: str = "paper", n: int = 50000, h
         "rss_step_peak_delta_bytes": (sampler.peak - rss_before_steps) if rss_before_steps else None,
         "ru_maxrss_bytes": maxrss_bytes(), "ru_maxrss_delta_bytes": maxrss_bytes() - maxrss0,
     })
-    step_times = [first]
-    say(f"step 1: {first:.2f}s")
+    run.say(f"step 1: {first:.2f}s")
+    return counts, host_sync, first, memory
 
-    # -- the reference, built on the same initial weights -------------------------------------------
-    ref = None
-    ref_note = None
-    if reference and cfg.method == "mnclglf":
-        try:
-            check_supported(cfg)
-        except UserError as exc:
-            ref_note = str(exc)
-        else:
-            from mnclglf.methods import method_class
-            from mnclglf.train.env import seed_everything
 
-            seed_everything(cfg.seed)  # as pretrain.setup does before building: the same initial weights
-            ref_method = method_class("mnclglf")(cfg, classes).to(torch_device)
-            ref = AlgorithmOne(ref_method, cfg)
-    elif reference:
-        ref_note = "the Algorithm 1 reference exists for the mnclglf paper variant only"
-    ref_gen = torch.Generator(device=torch_device).manual_seed(cfg.seed + 1)
-    ref_times: list[float] = []
+def build_reference(run: BenchRun, classes: int) -> tuple[Any, str | None]:
+    """The plain eager Algorithm 1 on the same initial weights, or None and why there is none."""
+    from mnclglf.bench_reference import AlgorithmOne, check_supported
 
-    def ref_step(i: int) -> None:
-        assert ref is not None
-        ref.train_step(s.images, batches[1 + i], s.augment, ref_gen, i, total)
+    if run.cfg.method != "mnclglf":
+        return None, "the Algorithm 1 reference exists for the mnclglf paper variant only"
+    try:
+        check_supported(run.cfg)
+    except UserError as exc:
+        return None, str(exc)
+    from mnclglf.methods import method_class
+    from mnclglf.train.env import seed_everything
+
+    seed_everything(run.cfg.seed)  # as pretrain.setup does before building: the same initial weights
+    return AlgorithmOne(method_class("mnclglf")(run.cfg, classes).to(run.device), run.cfg), None
+
+
+def time_steps(run: BenchRun, first: float, ref: Any) -> tuple[list[float], list[float]]:
+    """The package's timed steps and the reference's, interleaved so that both see the same load,
+    the order alternating (reference first on odd rounds) so that neither always runs second."""
+    ref_gen = torch.Generator(device=run.device).manual_seed(run.cfg.seed + 1)
+    step_times, ref_times = [first], []
+
+    def ref_step(i: int) -> float:
+        return timed(lambda: ref.train_step(run.s.images, run.batches[1 + i], run.s.augment, ref_gen, i,
+                                            run.total), run.device)
 
     if ref is not None:
-        for i in range(warmup):
-            timed(lambda i=i: ref_step(i), torch_device)
-        ref_times.append(timed(lambda: ref_step(warmup), torch_device))
-        say(f"reference step 1: {ref_times[-1]:.2f}s")
-    # the remaining timed steps, interleaved with the reference's so that both see the same load,
-    # the order alternating (reference first on odd rounds) so that neither always runs second
-    for j in range(1, steps):
-        i = warmup + j
+        for i in range(run.warmup):
+            ref_step(i)
+        ref_times.append(ref_step(run.warmup))
+        run.say(f"reference step 1: {ref_times[-1]:.2f}s")
+    for j in range(1, run.steps):
+        i = run.warmup + j
         if ref is not None and j % 2:
-            ref_times.append(timed(lambda i=i: ref_step(i), torch_device))
-        step_times.append(timed(lambda i=i: pretrain.train_step(s, batches[1 + i], i, total), torch_device))
+            ref_times.append(ref_step(i))
+        step_times.append(run.step(i))
         if ref is not None and not j % 2:
-            ref_times.append(timed(lambda i=i: ref_step(i), torch_device))
-        say(f"step {j + 1}: {step_times[-1]:.2f}s" + (f", reference {ref_times[-1]:.2f}s" if ref_times else ""))
+            ref_times.append(ref_step(i))
+        run.say(f"step {j + 1}: {step_times[-1]:.2f}s" + (f", reference {ref_times[-1]:.2f}s" if ref_times else ""))
+    return step_times, ref_times
 
-    # -- augmentation: batched (the training path) vs per-image PIL ----------------------------------
+
+def time_augment(run: BenchRun, h: int, pil: bool, aug_reps: int, pil_reps: int, pil_images: int
+                 ) -> tuple[dict[str, Any], Any]:
+    """Three views by the batched augmentation (the training path) against the per-image PIL
+    pipelines, repetitions interleaved; returns the figures and the augmentation timed."""
+    from mnclglf.data.augment import SSLAugment, make_normalizer
+
+    s, cfg = run.s, run.cfg
     aug = s.augment if not s.method.uses_labels else SSLAugment(
-        cfg.augment, make_normalizer(cfg.augment.normalize, s.images, torch_device), h)
-    gen = torch.Generator(device=torch_device).manual_seed(7)
-    idx = batches[-1]
+        cfg.augment, make_normalizer(cfg.augment.normalize, s.images, run.device), h)
+    gen = torch.Generator(device=run.device).manual_seed(7)
+    idx = run.batches[-1]
 
     def batched() -> None:
         x = s.images[idx]
@@ -502,51 +497,127 @@ def run_bench(method: str = "mnclglf", variant: str = "paper", n: int = 50000, h
     pil_times: dict[str, list[float]] = {k: [] for k in pil_runs}
     for r in range(max(aug_reps, pil_reps if pil else 0)):  # interleaved: both see the same load
         if r < aug_reps:
-            aug_times.append(timed(batched, torch_device))
+            aug_times.append(timed(batched, run.device))
         for k, once in pil_runs.items() if r < pil_reps else ():
-            pil_times[k].append(timed(once, torch.device("cpu")) * batch_size / pil_images)
-    augment: dict[str, Any] = {"views": 3, "batch_size": batch_size, "size": cfg.augment.size or h,
-                               "batched": summary(aug_times, 3 * batch_size)}
+            pil_times[k].append(timed(once, torch.device("cpu")) * run.batch_size / pil_images)
+    augment: dict[str, Any] = {"views": 3, "batch_size": run.batch_size, "size": cfg.augment.size or h,
+                               "batched": summary(aug_times, 3 * run.batch_size)}
     if pil:
         for k, ts in pil_times.items():
-            augment[k] = summary(ts, 3 * batch_size) | {"images_timed": pil_images}
+            augment[k] = summary(ts, 3 * run.batch_size) | {"images_timed": pil_images}
         best = min(augment[k]["ms_median"] for k in pil_runs)
         augment["speedup_vs_best_pil"] = best / augment["batched"]["ms_median"]
         augment["speedup_vs_pil_v1"] = augment["pil_v1"]["ms_median"] / augment["batched"]["ms_median"]
-    say(f"augment: batched {augment['batched']['ms_median']:.1f} ms / 3 views")
+    run.say(f"augment: batched {augment['batched']['ms_median']:.1f} ms / 3 views")
+    return augment, aug
 
-    # -- the figures -------------------------------------------------------------------------------
-    step = summary(step_times, batch_size)
+
+def step_figures(run: BenchRun, step_times: list[float], counts: dict[str, int], flop_images: int,
+                 augment: dict[str, Any], step_augment: bool) -> dict[str, Any]:
+    """Images/s, FLOPs, achieved FLOP/s and share of peak, and the augmentation's share of the step
+    (None where the timed augmentation is not the step's: supervised runs crop and flip only)."""
+    step = summary(step_times, run.batch_size)
     sec = step["ms_median"] / 1e3
-    name = device_name(torch_device)
-    peak = peak_bf16(name) if torch_device.type == "cuda" else None
+    peak = peak_bf16(device_name(run.device)) if run.device.type == "cuda" else None
+    per_image = counts["step"] / flop_images
     step.update({
         "flops_counted_on_images": flop_images,
-        "flops_per_image": flops_step / flop_images,
-        "flops_per_step": flops_step / flop_images * batch_size,
-        "augment_flops_per_image": flops_aug / flop_images,
+        "flops_per_image": per_image,
+        "flops_per_step": per_image * run.batch_size,
+        "augment_flops_per_image": counts["augment"] / flop_images,
         "encoder_forward_flops_per_image": counts["encoder_forward"] / flop_images,
-        "achieved_flops_per_s": flops_step / flop_images * batch_size / sec,
+        "achieved_flops_per_s": per_image * run.batch_size / sec,
         "peak_bf16_flops_per_s": peak,
-        "fraction_of_peak_bf16": (flops_step / flop_images * batch_size / sec / peak) if peak else None,
-        "memory": memory, "host_sync": host_sync,
+        "fraction_of_peak_bf16": (per_image * run.batch_size / sec / peak) if peak else None,
     })
-    # the step's views at the batched median per view, over the step's median; None where the
-    # timed augmentation is not the step's (supervised runs crop and flip only)
-    per_view = augment["batched"]["ms_median"] / 3
-    step["augment_views"] = s.method.n_views
-    share = per_view * s.method.n_views / step["ms_median"]
-    step["augment_share"] = share if aug is s.augment else None
+    views = run.s.method.n_views
+    step["augment_views"] = views
+    share = augment["batched"]["ms_median"] / 3 * views / step["ms_median"]
+    step["augment_share"] = share if step_augment else None
+    return step
+
+
+def reference_figures(ref_times: list[float], step_times: list[float], step: dict[str, Any],
+                      augment: dict[str, Any], pil: bool, batch_size: int) -> dict[str, Any]:
+    """The reference's step against the package's (> 1: the package's step is faster), and its
+    end to end time with the per-image PIL augmentation most SSL code uses."""
+    r = summary(ref_times, batch_size)
+    r["speedup_of_step"] = r["ms_median"] / step["ms_median"]
+    r["speedup_of_step_paired"] = statistics.median(a / b for a, b in zip(ref_times, step_times))
+    r["end_to_end_with_pil_ms"] = r["ms_median"] - augment["batched"]["ms_median"] + (
+        min(augment["pil_v1"]["ms_median"], augment["pil_v2"]["ms_median"]) if pil else 0.0)
+    return r
+
+
+def bench_setup(cfg: config.RunConfig, shape: tuple[int, int, int, int], device: torch.device, warmup: int,
+                steps: int, batch_size: int, say: Callable[[str], None]) -> BenchRun:
+    """The training path on synthetic uint8 data of ``shape`` (N, H, W, classes), and its batches."""
+    from mnclglf.train import fast, pretrain
+
+    n, h, w, classes = shape
+    images, labels = synthetic(n, h, w, classes, device, cfg.seed)
+    s = fast.apply_speed(pretrain.setup(cfg, images, labels, classes))  # no-op: setup applied it
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    order = torch.Generator().manual_seed(cfg.seed)
+    batches = [torch.randint(0, n, (batch_size,), generator=order).to(device) for _ in range(1 + warmup + steps)]
+    return BenchRun(s, cfg, device, batches, warmup, steps, batch_size, say)
+
+
+def device_record(device: torch.device, load_start: list[float] | None) -> dict[str, Any]:
+    name = device_name(device)
+    return {"type": device.type, "name": name, "short": short_name(name), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "load_avg_start": load_start, "load_avg_end": load_avg()}
+
+
+def run_bench(method: str = "mnclglf", variant: str = "paper", n: int = 50000, h: int = 32, w: int = 32,
+              classes: int = 10, batch_size: int | None = None, device: str | None = None, precision: str = "auto",
+              width: float = 1.0, steps: int | None = None, warmup: int | None = None,
+              params_path: str | Path | None = "params.yaml", *, threads: int = 0,
+              speed: dict[str, bool] | None = None, reference: bool = True, pil: bool = True,
+              aug_reps: int | None = None, pil_reps: int | None = None, pil_images: int | None = None,
+              flop_images: int | None = None, overrides: dict[str, Any] | None = None,
+              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Benchmark one configuration; returns the result as a JSON-able dict (see the module docstring).
+
+    None takes the device's default (``CPU_DEFAULTS``/``GPU_DEFAULTS``; ``device``: CUDA when
+    available). ``speed`` sets keys of the ``speed`` section; ``overrides`` is deep-merged over
+    the parameters (tests use it for tiny nets). FLOPs are counted on ``flop_images`` of a batch
+    (per-image FLOPs do not depend on the batch but for the N×N logits, < 0.1 %), the PIL
+    pipelines timed on ``pil_images`` and scaled to the batch.
+    """
+    from mnclglf.train import fast
+
+    say = log or (lambda _msg: None)
+    k = bench_settings(n, h, w, batch_size, device, precision, steps, warmup)
+    batch_size, steps, warmup = k["batch_size"], k["steps"], k["warmup"]
+    pil_images = min(batch_size, pil_images or k["pil_images"] or batch_size)
+    flop_images = min(batch_size, flop_images or k["flop_images"] or batch_size)
+    cfg = bench_config(method, variant, h, batch_size, k["device"], precision, width, params_path, threads, speed,
+                       overrides)
+    torch_device = torch.device(k["device"])
+    load_start = load_avg()
+    t_start = time.perf_counter()
+
+    rss0, maxrss0 = rss_bytes(), maxrss_bytes()
+    run = bench_setup(cfg, (n, h, w, classes), torch_device, warmup, steps, batch_size, say)
+    s = run.s
+    say(f"setup done in {time.perf_counter() - t_start:.1f}s; threads {torch.get_num_threads()}")
+
+    counts, host_sync, first, memory = measure_first_steps(run, flop_images, rss0, maxrss0)
+    ref, ref_note = build_reference(run, classes) if reference else (None, None)
+    step_times, ref_times = time_steps(run, first, ref)
+    augment, aug = time_augment(run, h, pil, aug_reps or k["aug_reps"], pil_reps or k["pil_reps"], pil_images)
+    step = step_figures(run, step_times, counts, flop_images, augment, aug is s.augment)
+    step.update({"memory": memory, "host_sync": host_sync})
     result: dict[str, Any] = {
         "schema": SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": {"type": torch_device.type, "name": name, "short": short_name(name),
-                   "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-                   "load_avg_start": load_start, "load_avg_end": load_avg()},
+        "device": device_record(torch_device, load_start),
         "config": {"method": method, "variant": variant if method == "mnclglf" else None, "run": cfg.method,
                    "n": n, "h": h, "w": w, "classes": classes, "batch_size": batch_size, "width": width,
-                   "precision": precision,
-                   "precision_effective": fast.applied(s)["precision"],
+                   "precision": precision, "precision_effective": fast.applied(s)["precision"],
                    "steps": steps, "warmup": warmup, "image_size": cfg.augment.size or h,
                    "speed": config.to_dict(cfg.speed), "speed_applied": fast.applied(s),
                    "params": str(params_path) if params_path else None},
@@ -554,12 +625,7 @@ def run_bench(method: str = "mnclglf", variant: str = "paper", n: int = 50000, h
         "step": step,
     }
     if ref_times:
-        r = summary(ref_times, batch_size)
-        r["speedup_of_step"] = r["ms_median"] / step["ms_median"]  # > 1: the package's step is faster
-        r["speedup_of_step_paired"] = statistics.median(a / b for a, b in zip(ref_times, step_times))
-        r["end_to_end_with_pil_ms"] = r["ms_median"] - augment["batched"]["ms_median"] + (
-            min(augment["pil_v1"]["ms_median"], augment["pil_v2"]["ms_median"]) if pil else 0.0)
-        result["reference"] = r
+        result["reference"] = reference_figures(ref_times, step_times, step, augment, pil, batch_size)
     elif ref_note:
         result["reference"] = {"skipped": ref_note}
     result["wall_s"] = time.perf_counter() - t_start

@@ -94,6 +94,14 @@ def prepare(
         progress=progress,
         expected_size=spec.size_bytes if expected == spec.md5 else None,
     )
+    build_from_archive(dataset, root, archive, origin, expected, progress)
+    return out
+
+
+def build_from_archive(dataset: str, root: Path, archive: Path, origin: str, md5: str, progress: bool) -> None:
+    """Extract ``archive`` into a staging folder, build the prepared split there, then swap it in
+    as ``<root>/<dataset>``: an interrupted build never leaves a half-prepared dataset."""
+    spec = SOURCES[dataset]
     staging = _fresh_dir(root, f".{dataset}.tmp-")
     raw = staging / "raw"
     try:
@@ -108,13 +116,12 @@ def prepare(
             dataset=dataset,
             image_size=[spec.image_size, spec.image_size],
             source=origin if is_url(origin) else str(Path(origin).expanduser().resolve()),
-            source_md5=expected,
+            source_md5=md5,
         )
         save_meta(root, staging.name, meta)
-        _swap_in(staging, out)
+        _swap_in(staging, root / dataset)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return out
 
 
 def is_prepared(root: Path | str, dataset: str, md5: str) -> bool:

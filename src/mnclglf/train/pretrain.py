@@ -182,6 +182,74 @@ def resume(s: Setup, state: dict[str, Any], path: Path) -> None:
                         f"afresh") from None
 
 
+def start_or_resume(s: Setup, ckpt_dir: Path, fingerprint: str) -> tuple[int, list[dict[str, Any]], float | None]:
+    """(epochs done, history, initial collapse monitor) from this configuration's checkpoint, or a
+    fresh start, whose stale kept encoders of an earlier configuration are removed first."""
+    ckpt_path = ckpt_dir / CHECKPOINT_FILE
+    remove_temporaries(ckpt_dir)  # a write cut short by a kill
+    state, note = ckpt.load_if_matching(ckpt_path, fingerprint)
+    epoch0, history, init_std = 0, [], None
+    if state is None:  # a fresh start: no kept encoder of an earlier configuration may be published
+        for stale in ckpt_dir.glob(KEPT_ENCODER.format("*")):
+            stale.unlink()
+    else:
+        resume(s, state, ckpt_path)
+        epoch0, history, init_std = state["epoch"], state["history"], state["init_std"]
+    if note:  # after the states loaded: a checkpoint that does not fit is one error line, not two
+        announce(note)
+    return epoch0, history, init_std
+
+
+def epoch_entry(cfg: RunConfig, sums: dict[str, torch.Tensor], epoch: int, steps_per_epoch: int, total: int,
+                seconds: float) -> dict[str, Any]:
+    """The epoch's logged means (read from the device once), its last lr and its images/s."""
+    p = cfg.pretrain
+    return {"epoch": epoch, **{k: float(v) / steps_per_epoch for k, v in sums.items()},
+            "lr": cosine_lr(epoch * steps_per_epoch - 1, total, p.lr, p.final_lr, p.warmup_steps),
+            "images_per_s": steps_per_epoch * p.batch_size / seconds}
+
+
+def stop_if_diverged(cfg: RunConfig, entry: dict[str, Any], ckpt_path: Path, last_good: int | None) -> None:
+    if not math.isfinite(entry["loss"]):
+        kept = (f"the last good checkpoint, {ckpt_path} (epoch {last_good}), is left as it "
+                f"was" if last_good else "no checkpoint was written before it")
+        raise DivergedError(f"pretraining {cfg.method} on {cfg.dataset} diverged: loss is "
+                            f"{entry['loss']} at epoch {entry['epoch']}; {kept}")
+
+
+def save_epoch(s: Setup, epoch: int, ckpt_dir: Path, state: dict[str, Any]) -> bool:
+    """The kept encoder of ``epoch`` (into the persistent folder: a resumed run does not pass here
+    again) and, when due, the checkpoint; whether a checkpoint was written."""
+    cfg = s.cfg
+    if epoch in cfg.pretrain.keep_epochs:
+        ckpt.save(ckpt_dir / KEPT_ENCODER.format(epoch),
+                  encoder_payload(cfg, s.method.backbone, epoch, s.mean_std, int(s.images.shape[-1])))
+    if epoch % cfg.pretrain.checkpoint_every and epoch != cfg.pretrain.epochs:
+        return False
+    ckpt.save(ckpt_dir / CHECKPOINT_FILE, {
+        **state, "epoch": epoch, "method": s.method.state_dict(), "optimizer": s.optimizer.state_dict(),
+        "rng": ckpt.rng_state(s.gens),
+    }, keep_previous=True)
+    return True
+
+
+def run_summary(s: Setup, history: list[dict[str, Any]], total: int, init_std: float | None,
+                seconds: float) -> dict[str, Any]:
+    """pretrain.json: the run, its final loss, the collapse monitor, its speed and arithmetic."""
+    cfg = s.cfg
+    stds = [h["embedding_std"] for h in history if "embedding_std" in h]
+    return {
+        "dataset": cfg.dataset, "method": cfg.method, "variant": variant_of(cfg),
+        **({"mnclglf": to_dict(cfg.mnclglf)} if variant_of(cfg) else {}),
+        "epochs": cfg.pretrain.epochs, "steps": total, "final_loss": history[-1]["loss"] if history else None,
+        "embedding_std_init": init_std, "embedding_std_final": stds[-1] if stds else None,
+        "embedding_std_min_ratio": (min(stds) / init_std) if stds and init_std else None,
+        "images_per_s": (sum(h["images_per_s"] for h in history) / len(history)) if history else None,
+        "wall_s_this_run": seconds,
+        "device": str(s.device), "speed": applied(s),  # the arithmetic and fast paths that made this run
+    }
+
+
 def pretrain(cfg: RunConfig, out_dir: Path, ckpt_dir: Path, metrics_path: Path, progress: bool = True) -> dict[str, Any]:
     """Pretrain ``cfg.method`` on ``cfg.dataset``; write the encoder, DVCLive curves and a summary."""
     from mnclglf.train.logger import EpochLogger
@@ -197,17 +265,7 @@ def pretrain(cfg: RunConfig, out_dir: Path, ckpt_dir: Path, metrics_path: Path, 
     total = steps_per_epoch * cfg.pretrain.epochs
     fingerprint = ckpt.fingerprint(to_dict(cfg))
     ckpt_path = ckpt_dir / CHECKPOINT_FILE
-    remove_temporaries(ckpt_dir)  # a write cut short by a kill
-    state, note = ckpt.load_if_matching(ckpt_path, fingerprint)
-    epoch0, history, init_std = 0, [], None
-    if state is None:  # a fresh start: no kept encoder of an earlier configuration may be published
-        for stale in ckpt_dir.glob(KEPT_ENCODER.format("*")):
-            stale.unlink()
-    else:
-        resume(s, state, ckpt_path)
-        epoch0, history, init_std = state["epoch"], state["history"], state["init_std"]
-    if note:  # after the states loaded: a checkpoint that does not fit is one error line, not two
-        announce(note)
+    epoch0, history, init_std = start_or_resume(s, ckpt_dir, fingerprint)
     last_good = epoch0 or None
     logger = EpochLogger(out_dir / "live", history)
     if init_std is None and total:
@@ -220,46 +278,22 @@ def pretrain(cfg: RunConfig, out_dir: Path, ckpt_dir: Path, metrics_path: Path, 
         for epoch in range(epoch0 + 1, cfg.pretrain.epochs + 1):
             t0 = time.perf_counter()
             sums = run_epoch(s, epoch, steps_per_epoch, total, lambda: pbar.advance(task))
-            dt = time.perf_counter() - t0
-            entry = {"epoch": epoch, **{k: float(v) / steps_per_epoch for k, v in sums.items()},
-                     "lr": cosine_lr(epoch * steps_per_epoch - 1, total, cfg.pretrain.lr, cfg.pretrain.final_lr,
-                                     cfg.pretrain.warmup_steps),
-                     "images_per_s": steps_per_epoch * bs / dt}
-            if not math.isfinite(entry["loss"]):
-                kept = (f"the last good checkpoint, {ckpt_path} (epoch {last_good}), is left as it "
-                        f"was" if last_good else "no checkpoint was written before it")
-                raise DivergedError(f"pretraining {cfg.method} on {cfg.dataset} diverged: loss is "
-                                    f"{entry['loss']} at epoch {epoch}; {kept}")
+            entry = epoch_entry(cfg, sums, epoch, steps_per_epoch, total, time.perf_counter() - t0)
+            stop_if_diverged(cfg, entry, ckpt_path, last_good)
             if knn is not None:  # the online k-NN monitor, after the epoch's timing (train/knn.py)
                 entry.update(knn.measure(s.method.backbone, epoch))
             history.append(entry)
             logger.log(entry)
             pbar.update(task, status=f"loss {entry['loss']:.3f}")
-            if epoch in cfg.pretrain.keep_epochs:  # into the persistent folder: a resumed run does not pass here again
-                ckpt.save(ckpt_dir / KEPT_ENCODER.format(epoch),
-                          encoder_payload(cfg, s.method.backbone, epoch, s.mean_std, int(s.images.shape[-1])))
-            if epoch % cfg.pretrain.checkpoint_every == 0 or epoch == cfg.pretrain.epochs:
-                ckpt.save(ckpt_path, {
-                    "fingerprint": fingerprint, "epoch": epoch, "history": history, "init_std": init_std,
-                    "method": s.method.state_dict(), "optimizer": s.optimizer.state_dict(),
-                    "rng": ckpt.rng_state(s.gens),
-                }, keep_previous=True)
+            state = {"fingerprint": fingerprint, "history": history, "init_std": init_std}
+            if save_epoch(s, epoch, ckpt_dir, state):
                 last_good = epoch
     logger.close()
     ckpt.drop_previous(ckpt_path)
     publish_kept_encoders(cfg.pretrain.keep_epochs, ckpt_dir, out_dir)
-    ckpt.save(out_dir / ENCODER_FILE, encoder_payload(cfg, s.method.backbone, cfg.pretrain.epochs, s.mean_std, int(s.images.shape[-1])))
-    stds = [h["embedding_std"] for h in history if "embedding_std" in h]
-    summary = {
-        "dataset": cfg.dataset, "method": cfg.method, "variant": variant_of(cfg),
-        **({"mnclglf": to_dict(cfg.mnclglf)} if variant_of(cfg) else {}),
-        "epochs": cfg.pretrain.epochs, "steps": total, "final_loss": history[-1]["loss"] if history else None,
-        "embedding_std_init": init_std, "embedding_std_final": stds[-1] if stds else None,
-        "embedding_std_min_ratio": (min(stds) / init_std) if stds and init_std else None,
-        "images_per_s": (sum(h["images_per_s"] for h in history) / len(history)) if history else None,
-        "wall_s_this_run": time.perf_counter() - start,
-        "device": str(s.device), "speed": applied(s),  # the arithmetic and fast paths that made this run
-    }
+    ckpt.save(out_dir / ENCODER_FILE, encoder_payload(cfg, s.method.backbone, cfg.pretrain.epochs, s.mean_std,
+                                                      int(s.images.shape[-1])))
+    summary = run_summary(s, history, total, init_std, time.perf_counter() - start)
     write_json(metrics_path, summary)
     return summary
 
