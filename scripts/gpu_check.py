@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"kind": "gpu-check", "form": "gpu" if gpu else "cpu-toy", "doctor": doctor, "benches": benches,
               "pipeline": pipeline, **verdicts(gpu, benches, pipeline, doctor),
               "wall_s": time.perf_counter() - t0}
-    name = bench.short_name(bench.device_name(bench.torch.device("cuda"))) if gpu else "cpu-toy"
+    name = bench.short_name(bench.device_name(torch.device("cuda"))) if gpu else "cpu-toy"
     out = Path(args.out) / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")

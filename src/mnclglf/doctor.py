@@ -21,7 +21,6 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -235,6 +234,7 @@ def projected(raw: dict[str, Any], profile: str, flops_file: Path = FLOPS_FILE) 
 
 def step_rate(raw: dict[str, Any], dataset: str, run: str, device: torch.device, steps: int) -> float:
     """Images/s of ``run``'s training step on ``dataset``'s configuration, on synthetic data of its shape."""
+    from mnclglf.bench import synthetic, timed
     from mnclglf.train import pretrain
 
     on_device = {"pretrain": {"device": device.type}}
@@ -242,20 +242,11 @@ def step_rate(raw: dict[str, Any], dataset: str, run: str, device: torch.device,
     cfg = config.run_config(config.deep_merge(raw, layer), dataset, run)
     size = {"digits": int(raw.get("digits", {}).get("size", 16)), "tinyimagenet": 64}.get(dataset, 32)
     bs = cfg.pretrain.batch_size
-    gen = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (2 * bs, 3, size, size), dtype=torch.uint8, generator=gen)
-    labels = torch.randint(0, 10, (2 * bs,), generator=gen)
-    s = pretrain.setup(cfg, images, labels, 10)
+    s = pretrain.setup(cfg, *synthetic(2 * bs, size, size, 10, device), 10)
     idx = torch.arange(bs, device=s.device)
     pretrain.train_step(s, idx, 0, steps + 1)  # warm-up: lazy initialisation, cuDNN autotuning
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for i in range(steps):
-        pretrain.train_step(s, idx, i + 1, steps + 1)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps * bs / (time.perf_counter() - t0)
+    seconds = timed(lambda: [pretrain.train_step(s, idx, i + 1, steps + 1) for i in range(steps)], device)
+    return steps * bs / seconds
 
 
 def estimate(raw: dict[str, Any], profile: str, device: torch.device) -> Check:

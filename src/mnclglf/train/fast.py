@@ -197,6 +197,17 @@ def set_precision(precision: str, device: torch.device) -> str:
     return {"bf16": "bf16 autocast + TF32", "tf32": "TF32", "fp32": "strict fp32"}[precision]
 
 
+def set_backends(precision: str, cudnn_benchmark: bool, device: torch.device) -> dict[str, str]:
+    """The process-wide settings of a stage: float32 arithmetic and cuDNN autotuning; their status."""
+    status = {"precision": set_precision(precision, device), "cudnn_benchmark": "off"}
+    if cudnn_benchmark and device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        status["cudnn_benchmark"] = "on"
+    elif cudnn_benchmark:
+        status["cudnn_benchmark"] = f"skipped: cuDNN is for CUDA only (device {device.type})"
+    return status
+
+
 def apply_speed(s: Setup, speed: SpeedConfig | None = None) -> Setup:
     """Turn on the fast paths of ``speed`` (default: ``s.cfg.speed``) on ``s``; returns ``s``.
 
@@ -206,21 +217,13 @@ def apply_speed(s: Setup, speed: SpeedConfig | None = None) -> Setup:
     if getattr(s, APPLIED_ATTR, None) is not None:
         return s
     want = resolve(speed if speed is not None else getattr(s.cfg, "speed", SpeedConfig()), s.device)
-    status: dict[str, str] = {"precision": set_precision(want["precision"], s.device)}
+    status = set_backends(want["precision"], want["cudnn_benchmark"], s.device)
     method = s.method
 
     status["channels_last"] = "on" if want["channels_last"] else "off"
     if want["channels_last"]:
         method.to(memory_format=torch.channels_last)
         s.augment = ChannelsLastAugment(s.augment)
-
-    status["cudnn_benchmark"] = "off"
-    if want["cudnn_benchmark"]:
-        if s.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-            status["cudnn_benchmark"] = "on"
-        else:
-            status["cudnn_benchmark"] = f"skipped: cuDNN is for CUDA only (device {s.device.type})"
 
     status["fused_optimizer"] = "off"
     if want["fused_optimizer"]:

@@ -37,7 +37,7 @@ from mnclglf.models import ResNet18
 from mnclglf.train import checkpoint as ckpt
 from mnclglf.train.env import batches, make_generator, pick_device, seed_everything
 from mnclglf.train.lars import LARS
-from mnclglf.train.fast import resolve, set_precision, start_line
+from mnclglf.train.fast import resolve, set_backends, start_line
 from mnclglf.train.progress import announce, bar
 from mnclglf.train.schedule import cosine_lr, set_lr
 
@@ -164,11 +164,7 @@ def backend_settings(speed: SpeedConfig, device: torch.device) -> dict[str, str]
     of the paper run, and fp32 features keep its accuracy free of a precision choice.
     """
     want = resolve(speed, device)
-    status = {"precision": set_precision("fp32" if want["precision"] == "fp32" else "tf32", device)}
-    status["cudnn_benchmark"] = "on" if want["cudnn_benchmark"] and device.type == "cuda" else "off"
-    if status["cudnn_benchmark"] == "on":
-        torch.backends.cudnn.benchmark = True
-    return status
+    return set_backends("fp32" if want["precision"] == "fp32" else "tf32", want["cudnn_benchmark"], device)
 
 
 @dataclass
